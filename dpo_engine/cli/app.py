@@ -1,0 +1,265 @@
+"""The Typer CLI: parse, call the core, render with rich. Errors become one line here."""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+import sys
+import traceback
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from .. import __version__
+from ..config import RunConfig
+from ..errors import DpoEngineError
+from ..store import DB_NAME, Store
+
+app = typer.Typer(
+    name="dpo-engine",
+    help="Build DPO preference datasets for vision-language models. Every record's progress "
+    "is kept in WORK_DIR/engine.db: kill a run at any moment and rerun the same command to "
+    "continue where it stopped.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+err_console = Console(stderr=True)
+
+DATASET_HELP = ("Input dataset: a .parquet (idx, question, image{bytes,path}) or .jsonl (question, "
+                "image as base64 or image_path) file, or a folder of such shards.")
+
+
+def handle_errors(func):
+    """Turn errors into one line and an exit code; a traceback only with --debug."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        debug = kwargs.get("debug", False)
+        try:
+            return func(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except DpoEngineError as exc:
+            if debug:
+                traceback.print_exc()
+            err_console.print(f"[bold red]error:[/] {exc.line()}", highlight=False)
+            raise typer.Exit(exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("[yellow]interrupted:[/] finished batches are saved; rerun the same "
+                              "command to continue", highlight=False)
+            raise typer.Exit(130) from None
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if debug:
+                traceback.print_exc()
+            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} (rerun with --debug "
+                              "for the traceback)", highlight=False)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool):
+    if value:
+        print(f"dpo-engine {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")):
+    pass
+
+
+# ---------------------------------------------------------------------------------- run
+@app.command()
+@handle_errors
+def run(
+    dataset: Path = typer.Option(..., "--dataset", "--dataset_path", help=DATASET_HELP),
+    work_dir: Path = typer.Option(..., "--work-dir", "--work_dir",
+                                  help="Where engine.db, logs and dataset/dpo_dataset.parquet go."),
+    instruct_model: Path = typer.Option(..., "--instruct-model", "--instruct_model_path",
+                                        help="The model to be trained (samples answers; the DPO reference)."),
+    reward_model: Optional[Path] = typer.Option(None, "--reward-model", "--reward_model_path",
+                                                help="A DPO-trained VLM whose implicit reward scores answers."),
+    pipeline: str = typer.Option("dpo_reward", "--pipeline", "--pipeline_name",
+                                 help="Scoring pipeline: dpo_reward."),
+    sample_k: int = typer.Option(10, "--sample-k", "--sample_k", help="Answers sampled per question."),
+    rank: int = typer.Option(3, "--rank", help="Chosen from the top RANK, rejected from the bottom RANK."),
+    distance: int = typer.Option(25, "--distance",
+                                 help="Pair answers only if their word counts differ by less than this."),
+    strict_follow_rank: bool = typer.Option(False, "--strict-follow-rank", "--strict_follow_rank",
+                                            help="Pair the i-th best with the i-th worst only."),
+    seed: int = typer.Option(0, "--seed", help="Seeds sampling, shuffles and random choices."),
+    batch_size: int = typer.Option(4, "--batch-size", "--batch_size", help="Records per model batch."),
+    max_new_tokens: int = typer.Option(512, "--max-new-tokens", "--max_new_tokens",
+                                       help="Longest sampled answer, in tokens."),
+    temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature."),
+    beta: float = typer.Option(0.1, "--beta", help="DPO beta of the implicit reward."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
+    dtype: str = typer.Option("auto", "--dtype",
+                              help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
+    restart: bool = typer.Option(False, "--restart",
+                                 help="Discard this work dir's store and start over."),
+    json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    reward_model_name: Optional[str] = typer.Option(None, "--reward_model_name", hidden=True),
+    instruct_model_name: Optional[str] = typer.Option(None, "--instruct_model_name", hidden=True),
+    run_stage: Optional[str] = typer.Option(None, "--run_stage", hidden=True),
+    continue_from_stage: Optional[str] = typer.Option(None, "--continue_from_stage", hidden=True),
+    reward_model_python_path: Optional[str] = typer.Option(None, "--reward_model_python_path", hidden=True),
+):
+    """Sample answers, score them, pair and filter them, and write the DPO dataset.
+
+    Resumes by itself: rerun the same command after a crash and only unfinished records are
+    computed. Changing a setting recomputes only the stages it affects."""
+    from .running import execute
+
+    console = err_console if json_out else Console()
+    for name, value in (("--reward_model_name", reward_model_name),
+                        ("--instruct_model_name", instruct_model_name)):
+        if value:
+            console.print(f"[dim]note: {name} is not needed: the model family is read from config.json[/]")
+    if run_stage or continue_from_stage:
+        console.print("[dim]note: stages resume by themselves; --run_stage/--continue_from_stage are ignored[/]")
+    if reward_model_python_path:
+        console.print("[dim]note: --reward_model_python_path is not needed: all models run in this process[/]")
+    config = RunConfig(
+        pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
+        instruct_model=str(instruct_model), reward_model=str(reward_model) if reward_model else None,
+        sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
+        rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, seed=seed,
+        batch_size=batch_size, device=device, dtype=dtype,
+    )
+    summary = execute(config, restart=restart, console=console)
+    if json_out:
+        print(json.dumps(summary))
+    if any(s["failed"] for s in summary["stages"]):
+        raise typer.Exit(3)
+
+
+# ---------------------------------------------------------------------------------- status
+@app.command()
+@handle_errors
+def status(
+    work_dir: Path = typer.Argument(..., help="A work dir used by `dpo-engine run`."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Show each stage's done/pending/failed counts and throughput (safe while a run writes)."""
+    store = Store.in_work_dir(work_dir, create=False)
+    snap = store.status()
+    store.close()
+    if json_out:
+        print(json.dumps({
+            "pipeline": snap.pipeline,
+            "records": asdict(snap.records),
+            "stages": [asdict(s) for s in snap.stages],
+        }))
+        return
+    console = Console()
+    r = snap.records
+    console.print(f"[bold]{work_dir}[/]  pipeline {snap.pipeline or '?'}  records {r.total} "
+                  f"(valid {r.valid}, invalid {r.invalid})")
+    table = Table("stage", "done", "pending", "failed", "items/s", "tokens/s")
+    for s in snap.stages:
+        table.add_row(s.name, str(s.done), str(s.pending), str(s.failed),
+                      f"{s.items_per_s:.1f}" if s.items_per_s else "-",
+                      f"{s.tokens_per_s:.0f}" if s.tokens_per_s else "-")
+    console.print(table)
+
+
+# ---------------------------------------------------------------------------------- export
+@app.command()
+@handle_errors
+def export(
+    work_dir: Path = typer.Argument(..., help="A work dir used by `dpo-engine run`."),
+    fmt: str = typer.Option("rlaif-v", "--format",
+                            help="rlaif-v (the reference's parquet) or trl (TRL DPOTrainer, vision)."),
+    out: Path = typer.Option(..., "--out", help="Parquet file to write."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Write the run's pairs as a parquet dataset in the chosen format."""
+    from ..export import export as do_export
+
+    store = Store.in_work_dir(work_dir, create=False)
+    report = do_export(store, out, fmt)
+    store.close()
+    Console().print(f"wrote {report.pairs} pairs ({fmt}) to [bold]{report.path}[/]")
+
+
+# ---------------------------------------------------------------------------------- validate
+@app.command()
+@handle_errors
+def validate(
+    path: Path = typer.Argument(..., help=DATASET_HELP),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Check every row of a dataset. Exit 0: all valid; 1: some rows invalid; 2: unreadable."""
+    from ..validate import validate_dataset
+
+    console = Console(highlight=False)
+    report = validate_dataset(path, on_bad=lambda line: console.print(line, markup=False))
+    console.print(f"{report.total} rows: {report.valid} valid, {report.invalid} invalid")
+    raise typer.Exit(1 if report.invalid else 0)
+
+
+# ---------------------------------------------------------------------------------- demo
+@app.command()
+@handle_errors
+def demo(
+    work_dir: Path = typer.Argument(Path("demo-run"), help="Where the demo's models, data and run go."),
+    pipeline: str = typer.Option("dpo_reward", "--pipeline", help="Scoring pipeline: dpo_reward."),
+    records: int = typer.Option(24, "--records", help="Synthetic records to draw."),
+    sample_k: int = typer.Option(10, "--sample-k", help="Answers sampled per question."),
+    max_new_tokens: int = typer.Option(48, "--max-new-tokens", help="Longest sampled answer."),
+    json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Build tiny offline models and a synthetic image dataset, then run the pipeline on them."""
+    from ..demo import write_demo_dataset
+    from .running import execute
+
+    console = err_console if json_out else Console()
+    models_dir = work_dir / "models"
+    dataset = work_dir / "data" / "demo.parquet"
+    with console.status("building tiny models and the demo dataset"):
+        instruct, reward = _demo_models(models_dir)
+        if not dataset.exists():
+            write_demo_dataset(dataset, n=records)
+    config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
+                       instruct_model=str(instruct), reward_model=str(reward), sample_k=sample_k,
+                       max_new_tokens=max_new_tokens)
+    summary = execute(config, restart=False, console=console)
+    console.print(f"models:  {models_dir}/{{instruct,reward}}\ndataset: {dataset}\n"
+                  f"store:   {work_dir / DB_NAME}\noutput:  {summary['output']}\n"
+                  f"next:    dpo-engine status {work_dir}", highlight=False)
+    if json_out:
+        print(json.dumps(summary))
+
+
+def _demo_models(models_dir: Path) -> tuple[Path, Path]:
+    from models.tiny import build_tiny_llava
+
+    instruct, reward = models_dir / "instruct", models_dir / "reward"
+    if not (instruct / "dpo_engine_tiny.json").exists():
+        shutil.rmtree(instruct, ignore_errors=True)
+        build_tiny_llava(instruct, seed=0)
+    if not (reward / "dpo_engine_tiny.json").exists():
+        shutil.rmtree(reward, ignore_errors=True)
+        build_tiny_llava(reward, seed=1, base=instruct, noise=0.05)
+    return instruct, reward
+
+
+def main() -> None:
+    app(prog_name="dpo-engine")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Read input datasets row by row, and tell good rows from bad ones.
+
+Two shapes are accepted, as a single file or a folder of shards (read in sorted name order):
+
+* parquet with ``idx``, ``question`` and ``image`` = ``{bytes, path}`` (or plain bytes);
+* jsonl with ``question``, optional ``idx``/``question_id`` and ``image`` (base64) or
+  ``image_path`` (used when ``image`` is empty).
+
+Reading streams: parquet in small record batches, jsonl line by line, so memory stays flat
+whatever the dataset's size. A bad row never stops the good ones: it comes out as a
+``RawRecord`` with ``error`` set. Only a file that cannot be read at all raises.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import io
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import DatasetUnreadable
+
+CORE_FIELDS = ("idx", "question", "image")
+PARQUET_BATCH_ROWS = 64
+
+
+@dataclass
+class RawRecord:
+    row: int  # position in the dataset (0-based, across shards)
+    idx: str | None  # canonical text form, used for uniqueness
+    idx_value: object  # the value as given (int or str), for the output
+    question: str | None
+    image: bytes | None
+    image_path: str | None
+    extra: dict = field(default_factory=dict)
+    error: str | None = None
+    source: str = ""
+    row_hash: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    path: Path
+    files: tuple[Path, ...]
+    kind: str  # "parquet" or "jsonl"
+
+
+def open_dataset(path: str | Path) -> DatasetSource:
+    """Check that ``path`` is a readable dataset and list its shard files."""
+    p = Path(path)
+    if not p.exists():
+        raise DatasetUnreadable(f"dataset {p} does not exist", "check the --dataset path")
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix in {".parquet", ".jsonl"})
+        kinds = {f.suffix for f in files}
+        if not files:
+            raise DatasetUnreadable(f"dataset folder {p} holds no .parquet or .jsonl files")
+        if len(kinds) > 1:
+            raise DatasetUnreadable(f"dataset folder {p} mixes .parquet and .jsonl shards",
+                                    "keep one format per folder")
+    else:
+        files = [p]
+    kind = files[0].suffix.lstrip(".")
+    if kind not in ("parquet", "jsonl"):
+        raise DatasetUnreadable(f"{p}: unknown dataset format {files[0].suffix!r}",
+                                "use .parquet or .jsonl")
+    for f in files:
+        _check_readable(f, kind)
+    return DatasetSource(p, tuple(files), kind)
+
+
+def _check_readable(f: Path, kind: str) -> None:
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            schema = pq.ParquetFile(f).schema_arrow
+            if "question" not in schema.names:
+                raise DatasetUnreadable(f"{f}: no 'question' column (columns: {', '.join(schema.names)})")
+            if "image" not in schema.names and "image_path" not in schema.names:
+                raise DatasetUnreadable(f"{f}: no 'image' or 'image_path' column")
+        else:
+            with f.open("rb") as fh:
+                fh.read(1)
+    except DatasetUnreadable:
+        raise
+    except Exception as exc:  # pyarrow raises several types for corrupt files
+        raise DatasetUnreadable(f"{f}: cannot be read as {kind} ({exc})") from exc
+
+
+def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception]]:
+    """Yield ``(source, row_dict)`` for every row, or ``(source, error)`` for an unparseable one."""
+    for f in source.files:
+        if source.kind == "parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                pf = pq.ParquetFile(f)
+                n = 0
+                for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                    for row in batch.to_pylist():
+                        yield f"{f.name}:{n}", row
+                        n += 1
+            except Exception as exc:
+                raise DatasetUnreadable(f"{f}: read failed part-way ({exc})") from exc
+        else:
+            with f.open("r", encoding="utf-8", errors="replace") as fh:
+                for n, line in enumerate(fh):
+                    if not line.strip():
+                        continue
+                    try:
+                        row = json.loads(line)
+                        if not isinstance(row, dict):
+                            raise ValueError("line is not a JSON object")
+                    except ValueError as exc:
+                        yield f"{f.name}:{n + 1}", exc
+                        continue
+                    yield f"{f.name}:{n + 1}", row
+
+
+def iter_records(source: DatasetSource, *, check_from: int = 0) -> Iterator[RawRecord]:
+    """Every row as a ``RawRecord`` (from row ``start`` on), with ``error`` set for bad rows.
+
+    Duplicate ``idx`` values are not detected here (that needs memory of all rows): the
+    store and ``validate`` do it. Images are decoded (to check them) only from row
+    ``check_from`` on: earlier rows were checked when first ingested and are only hashed now.
+    """
+    base_dir = source.path if source.path.is_dir() else source.path.parent
+    for row_no, (where, row) in enumerate(iter_rows(source)):
+        if isinstance(row, Exception):
+            rec = RawRecord(row_no, None, None, None, None, None, error=f"unparseable row: {row}",
+                            source=where)
+            rec.row_hash = _hash_parts(["bad", str(row)])
+            yield rec
+            continue
+        yield _to_record(row_no, where, row, base_dir, row_no >= check_from)
+
+
+def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images: bool) -> RawRecord:
+    extra = {k: v for k, v in row.items() if k not in CORE_FIELDS}
+    raw_idx = row.get("idx", row.get("question_id", row_no))
+    rec = RawRecord(row_no, None, raw_idx, None, None, None, extra=extra, source=where)
+    errors: list[str] = []
+    if isinstance(raw_idx, bool) or not isinstance(raw_idx, (str, int)):
+        errors.append(f"idx must be a string or an integer, got {type(raw_idx).__name__}")
+    else:
+        rec.idx = str(raw_idx)
+    q = row.get("question")
+    if q is None:
+        errors.append("question is missing")
+    elif not isinstance(q, str):
+        errors.append(f"question must be a string, got {type(q).__name__}")
+    elif not q.strip():
+        errors.append("question is empty")
+    else:
+        rec.question = q
+    image_bytes, image_path, image_error = _image_of(row)
+    rec.image_path = image_path
+    hash_parts = [repr(raw_idx), repr(q), image_bytes or b"", image_path or "",
+                  json.dumps(extra, sort_keys=True, default=_json_default)]
+    if image_error:
+        errors.append(image_error)
+    elif image_bytes is None and image_path:
+        resolved = _resolve_path(image_path, base_dir)
+        if resolved is None:
+            errors.append(f"image_path {image_path!r} does not exist")
+        else:
+            stat = resolved.stat()
+            hash_parts.append(f"{stat.st_size}")
+            try:
+                image_bytes = resolved.read_bytes()
+            except OSError as exc:
+                errors.append(f"image_path {image_path!r} cannot be read ({exc.strerror})")
+    elif image_bytes is None:
+        errors.append("no image: neither image bytes nor an image_path")
+    if image_bytes is not None and not errors and check_images:
+        problem = image_problem(image_bytes)
+        if problem:
+            errors.append(problem)
+    rec.image = image_bytes
+    rec.row_hash = _hash_parts(hash_parts)
+    if errors:
+        rec.error = "; ".join(errors)
+    return rec
+
+
+def _image_of(row: dict) -> tuple[bytes | None, str | None, str | None]:
+    """(bytes, path, error) from the row's ``image`` / ``image_path`` fields."""
+    img = row.get("image")
+    path = row.get("image_path")
+    if path is not None and not isinstance(path, str):
+        return None, None, f"image_path must be a string, got {type(path).__name__}"
+    if isinstance(img, dict):
+        data, inner_path = img.get("bytes"), img.get("path")
+        if inner_path and not path:
+            path = inner_path if isinstance(inner_path, str) else None
+        if data is not None and not isinstance(data, (bytes, bytearray)):
+            return None, path, f"image.bytes must be binary, got {type(data).__name__}"
+        img = data
+    if isinstance(img, (bytes, bytearray)):
+        return (bytes(img) if img else None), path or None, None
+    if isinstance(img, str):
+        if not img:
+            return None, path or None, None
+        try:
+            return base64.b64decode(img, validate=True), path or None, None
+        except (binascii.Error, ValueError):
+            return None, path, "image is not valid base64"
+    if img is None:
+        return None, path or None, None
+    return None, path, f"image must be bytes, base64 text or {{bytes, path}}, got {type(img).__name__}"
+
+
+def _resolve_path(image_path: str, base_dir: Path) -> Path | None:
+    for candidate in (Path(image_path), base_dir / image_path):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def image_problem(data: bytes) -> str | None:
+    """None if the bytes decode to an image, else why not."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                im.load()
+    except Exception as exc:  # PIL raises many types for broken data
+        return f"image bytes do not decode ({type(exc).__name__}: {exc})"
+    return None
+
+
+def decode_image(data: bytes):
+    """Bytes to an RGB PIL image."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        return im.convert("RGB")
+
+
+def _hash_parts(parts: list) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        h.update(part if isinstance(part, bytes) else str(part).encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def _json_default(value):
+    if isinstance(value, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(value).decode()}
+    return str(value)
+
+
+def encode_extra(extra: dict) -> str:
+    return json.dumps(extra, sort_keys=False, default=_json_default, ensure_ascii=False)
+
+
+def decode_extra(text: str) -> dict:
+    def hook(obj):
+        if set(obj) == {"__bytes__"}:
+            return base64.b64decode(obj["__bytes__"])
+        return obj
+
+    return json.loads(text, object_hook=hook) if text else {}

@@ -1,0 +1,55 @@
+"""Bring a dataset into the store: new rows are added, rows already there are checked."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .dataset import DatasetSource, iter_records
+from .errors import DatasetChanged
+from .store import Store
+
+CHUNK = 256
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    total: int
+    added: int
+    invalid_added: int
+
+
+def ingest(store: Store, source: DatasetSource, progress=None) -> IngestReport:
+    """Stream the dataset into ``store``. Rows ingested before are compared by content hash;
+    a changed or missing row raises ``DatasetChanged``. Only new rows are decoded."""
+    known = store.record_count()
+    stored = store.iter_row_hashes()
+    chunk: list = []
+    added = invalid = total = 0
+    extra_names: dict[str, None] = {}
+    for rec in iter_records(source, check_from=known):
+        total += 1
+        for name in rec.extra:
+            extra_names.setdefault(name, None)
+        if rec.row < known:
+            rid, row_hash = next(stored)
+            if rid != rec.row or row_hash != rec.row_hash:
+                raise DatasetChanged(
+                    f"row {rec.row} ({rec.source}) differs from the row ingested into this work dir before",
+                    "pass --restart to start over, or use a new --work-dir")
+            continue
+        chunk.append(rec)
+        if len(chunk) >= CHUNK:
+            invalid += store.insert_records(chunk)
+            added += len(chunk)
+            chunk = []
+            if progress:
+                progress(added)
+    if chunk:
+        invalid += store.insert_records(chunk)
+        added += len(chunk)
+    if total < known:
+        raise DatasetChanged(
+            f"the dataset now has {total} rows but {known} were ingested into this work dir",
+            "pass --restart to start over, or use a new --work-dir")
+    store.note_extra_columns(extra_names)
+    return IngestReport(total, added, invalid)

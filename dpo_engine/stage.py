@@ -1,0 +1,98 @@
+"""What a stage is, and the plain data that flows between the runner, the stages and the store.
+
+A stage is a small object that declares what it reads, which settings change its result,
+and which model (if any) it needs; its ``process`` is a plain function of a batch. It never
+opens the database and never decides what to skip: the runner does both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+# What a stage may read. The runner fills a Batch with exactly these.
+READS = ("records", "samples", "logprobs", "rewards")
+
+
+@dataclass(frozen=True)
+class RecordIn:
+    rid: int
+    idx: str
+    question: str
+    image: bytes
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    rid: int
+    inner_idx: int
+    text: str
+    n_tokens: int
+    n_words: int
+    text_hash: int
+
+
+@dataclass(frozen=True)
+class LogprobRow:
+    rid: int
+    inner_idx: int
+    role: str
+    n_tokens: int
+    sum: float
+    avg: float
+    per_token: bytes  # float32 little-endian
+
+
+@dataclass(frozen=True)
+class RewardRow:
+    rid: int
+    inner_idx: int
+    sum: float
+    avg: float
+    min: float | None
+    last: float | None
+
+
+@dataclass(frozen=True)
+class PairRow:
+    rid: int
+    ord: int
+    chosen: int  # inner_idx of the chosen answer
+    rejected: int
+
+
+@dataclass
+class Batch:
+    rids: list[int]
+    records: dict[int, RecordIn] = field(default_factory=dict)
+    samples: dict[int, list[SampleRow]] = field(default_factory=dict)
+    logprobs: dict[str, dict[int, list[LogprobRow]]] = field(default_factory=dict)
+    rewards: dict[int, list[RewardRow]] = field(default_factory=dict)
+
+
+@dataclass
+class Outputs:
+    """What a batch produced. ``failed`` maps a record to its error; the rest are done."""
+
+    samples: list[SampleRow] = field(default_factory=list)
+    logprobs: list[LogprobRow] = field(default_factory=list)
+    rewards: list[RewardRow] = field(default_factory=list)
+    pairs: list[PairRow] = field(default_factory=list)
+    failed: dict[int, str] = field(default_factory=dict)
+    tokens: int = 0  # tokens generated or scored, for throughput
+
+
+class Stage(Protocol):
+    name: str
+    after: tuple[str, ...]  # stages whose results this one reads
+    reads: tuple[str, ...]
+    scope: str  # "record" (per record, in batches) or "run" (over the whole run at once)
+    model_role: str | None  # which model it needs ("instruct", "reward"), or None
+
+    def settings(self, config: Any) -> dict: ...
+
+    def batch_size(self, config: Any) -> int: ...
+
+    def open_model(self, config: Any) -> Any: ...
+
+    def process(self, batch: Batch, model: Any, config: Any) -> Outputs: ...

@@ -1,0 +1,37 @@
+"""Text measures shared by the pair stage, the filters and the summaries (pure Python)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+# A CJK ideograph counts as one word on its own; anything else is split on whitespace.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff\uac00-\ud7af"
+_WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
+
+
+def words(text: str) -> list[str]:
+    return _WORD.findall(text)
+
+
+def word_count(text: str) -> int:
+    return len(_WORD.findall(text))
+
+
+def ngram_set(text: str, n: int = 10) -> frozenset:
+    """The set of word n-grams of ``text`` (empty when it has fewer than n words)."""
+    w = words(text)
+    return frozenset(hash(tuple(w[i : i + n])) for i in range(len(w) - n + 1))
+
+
+def jaccard(a: frozenset, b: frozenset) -> float:
+    if not a or not b:
+        return 0.0
+    inter = len(a & b)
+    return inter / (len(a) + len(b) - inter)
+
+
+def text_hash(text: str) -> int:
+    """A stable signed 64-bit hash (fits an SQLite INTEGER) for equality tests on answers."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(),
+                          "little", signed=True)

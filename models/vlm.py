@@ -1,0 +1,283 @@
+"""The image-text-to-text adapter: sampling answers and scoring their log-probabilities.
+
+Any HF-native checkpoint served by ``AutoModelForImageTextToText`` + ``AutoProcessor`` with a
+chat template works (``llava-hf/llava-1.5-7b-hf`` is the reference case). Two things make it
+fast and reproducible:
+
+* **Sampling** puts several records in one ``generate`` call with ``num_return_sequences=k``,
+  so each image is encoded once and the k answers share the prompt. The random draws come
+  from a per-answer stream seeded by ``(seed, record, answer index)``, not from torch's global
+  generator, so an answer does not depend on which other records shared its batch.
+* **Scoring** runs image + question once per record, keeps the KV cache of that prefix and
+  scores the record's k answers against it in one right-padded batch: the image and the prompt
+  are encoded once instead of 2k times.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .family import Family, detect_family
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
+    return device
+
+
+def resolve_dtype(dtype: str, device: str) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
+    if dtype not in table:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
+    return table[dtype]
+
+
+def quiet_transformers() -> None:
+    """Silence load-time progress bars and advisory warnings; our CLI shows its own progress."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int
+
+
+class SeededSampler:
+    """A logits processor that samples each row from its own pre-drawn uniform stream.
+
+    It returns logits that are ``-inf`` everywhere but at the drawn token, so ``generate``'s own
+    multinomial draw becomes a formality and the result depends only on this row's stream.
+    """
+
+    def __init__(self, uniforms: torch.Tensor, temperature: float, top_p: float, prompt_len: int):
+        self.uniforms = uniforms
+        self.temperature = max(float(temperature), 1e-5)
+        self.top_p = float(top_p)
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        step = input_ids.shape[1] - self.prompt_len
+        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p < 1.0:
+            sorted_p, order = probs.sort(dim=-1, descending=True)
+            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
+            sorted_p = sorted_p.masked_fill(drop, 0.0)
+            probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
+        cdf = probs.cumsum(dim=-1)
+        u = self.uniforms[:, step : step + 1].to(cdf.dtype) * cdf[:, -1:]
+        token = torch.searchsorted(cdf, u).clamp_(max=scores.shape[-1] - 1)
+        out = torch.full_like(scores, float("-inf"))
+        return out.scatter_(1, token, 0.0)
+
+
+def row_uniforms(seed: int, keys: Sequence[tuple[int, int]], length: int) -> np.ndarray:
+    """One uniform stream per (record, answer index), independent of batch composition."""
+    return np.stack([np.random.default_rng([seed, rid, inner]).random(length) for rid, inner in keys])
+
+
+class ImageTextModel:
+    """An image-text-to-text checkpoint ready to sample answers and score them."""
+
+    def __init__(self, path: str | Path, *, device: str = "auto", dtype: str = "auto"):
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        quiet_transformers()
+        self.path = Path(path)
+        self.family: Family = detect_family(path)
+        if self.family.kind != "image-text-to-text":
+            raise ValueError(
+                f"{path} is a {self.family.model_type} text-only model; this role needs an "
+                "image-text-to-text checkpoint"
+            )
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        self.processor = AutoProcessor.from_pretrained(path)
+        self.tokenizer = self.processor.tokenizer
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype)
+        self.model.to(self.device).eval()
+        self.eos_id = int(self.tokenizer.eos_token_id)
+        self.model_seconds = 0.0  # wall time spent inside model calls (for overhead figures)
+
+    # ----------------------------------------------------------------- prompts
+    def prompt(self, question: str) -> str:
+        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def _encode(self, images: list[Image.Image], prompts: list[str]) -> dict[str, torch.Tensor]:
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and all(p.startswith(bos) for p in prompts))
+        enc = self.processor(images=images, text=prompts, return_tensors="pt", padding=True,
+                             add_special_tokens=add_special)
+        out = {}
+        for key, value in enc.items():
+            if torch.is_floating_point(value):
+                value = value.to(self.dtype)
+            out[key] = value.to(self.device)
+        return out
+
+    def _sync(self) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    # ----------------------------------------------------------------- sampling
+    @torch.inference_mode()
+    def generate(self, images: list[Image.Image], questions: list[str], *, keys: Sequence[int],
+                 k: int, max_new_tokens: int, temperature: float, seed: int,
+                 top_p: float = 1.0) -> list[list[Generation]]:
+        """k sampled answers for each (image, question); ``keys`` are the records' ids."""
+        from transformers import GenerationConfig, LogitsProcessorList
+
+        t0 = time.perf_counter()
+        enc = self._encode(images, [self.prompt(q) for q in questions])
+        prompt_len = enc["input_ids"].shape[1]
+        uniforms = torch.from_numpy(
+            row_uniforms(seed, [(rid, j) for rid in keys for j in range(k)], max_new_tokens)
+        ).to(self.device)
+        config = GenerationConfig(
+            do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
+            num_return_sequences=k, eos_token_id=self.eos_id,
+            pad_token_id=self.tokenizer.pad_token_id, bos_token_id=self.tokenizer.bos_token_id,
+        )
+        sampler = SeededSampler(uniforms, temperature, top_p, prompt_len)
+        out = self.model.generate(**enc, generation_config=config,
+                                  logits_processor=LogitsProcessorList([sampler]))
+        self._sync()
+        self.model_seconds += time.perf_counter() - t0
+        return self._decode(out[:, prompt_len:].cpu(), len(questions), k)
+
+    def _decode(self, generated: torch.Tensor, n_records: int, k: int) -> list[list[Generation]]:
+        lengths = []
+        for row in generated.tolist():
+            n = len(row)
+            if self.eos_id in row:
+                n = row.index(self.eos_id) + 1
+            lengths.append(n)
+        texts = self.tokenizer.batch_decode(
+            [row[: n] for row, n in zip(generated.tolist(), lengths)], skip_special_tokens=True
+        )
+        gens = [Generation(t.strip(), n) for t, n in zip(texts, lengths)]
+        return [gens[i * k : (i + 1) * k] for i in range(n_records)]
+
+    @torch.inference_mode()
+    def generate_reference_way(self, image: Image.Image, question: str, *, k: int,
+                               max_new_tokens: int, temperature: float) -> list[Generation]:
+        """The reference engine's way, for benchmarks only: one record per call, its k repeats
+        as a batch with the image re-encoded for every repeat."""
+        t0 = time.perf_counter()
+        enc = self._encode([image] * k, [self.prompt(question)] * k)
+        out = self.model.generate(**enc, do_sample=True, temperature=temperature,
+                                  max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
+                                  pad_token_id=self.tokenizer.pad_token_id)
+        self._sync()
+        self.model_seconds += time.perf_counter() - t0
+        return self._decode(out[:, enc["input_ids"].shape[1]:].cpu(), 1, k)[0]
+
+    # ----------------------------------------------------------------- scoring
+    def answer_ids(self, answer: str) -> list[int]:
+        """Token ids scored for an answer: its tokens plus the end-of-turn token."""
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos_id]
+
+    @torch.inference_mode()
+    def score(self, image: Image.Image, question: str, answers: Sequence[str]) -> list[np.ndarray]:
+        """Per-token log-probs (float32) of each answer given image + question."""
+        if not answers:
+            return []
+        if not self.family.prefix_cache_scoring:
+            return self.score_full(image, question, answers, batch_size=len(answers))
+        t0 = time.perf_counter()
+        enc = self._encode([image], [self.prompt(question)])
+        prefix_len = enc["input_ids"].shape[1]
+        head = self.model(**enc, use_cache=True, logits_to_keep=1)
+        first_logp = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
+        ids = [self.answer_ids(a) for a in answers]
+        width = max(len(x) for x in ids)
+        batch = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(ids), prefix_len + width), dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        for i, row in enumerate(ids):
+            batch[i, : len(row)] = torch.tensor(row)
+            mask[i, prefix_len : prefix_len + len(row)] = 1
+        cache = head.past_key_values
+        cache.batch_repeat_interleave(len(ids))
+        body = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device),
+                          past_key_values=cache, use_cache=False)
+        results = []
+        for i, row in enumerate(ids):
+            n = len(row)
+            target = torch.tensor(row, device=self.device)
+            logits = body.logits[i, : n - 1].float()
+            rest = logits.gather(1, target[1:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
+            values = torch.cat([first_logp[target[:1]], rest])
+            results.append(values.cpu().numpy().astype(np.float32))
+        self._sync()
+        self.model_seconds += time.perf_counter() - t0
+        return results
+
+    @torch.inference_mode()
+    def score_full(self, image: Image.Image, question: str, answers: Sequence[str], *,
+                   batch_size: int = 1) -> list[np.ndarray]:
+        """Score full prompt+answer sequences, the image re-encoded with each: the fallback for
+        M-RoPE families and the plain reference the fast path is tested against."""
+        t0 = time.perf_counter()
+        prompt = self.prompt(question)
+        results: list[np.ndarray] = []
+        for start in range(0, len(answers), batch_size):
+            chunk = answers[start : start + batch_size]
+            enc = self._encode([image] * len(chunk), [prompt] * len(chunk))
+            prompt_ids, prompt_mask = enc["input_ids"], enc["attention_mask"]
+            ids = [self.answer_ids(a) for a in chunk]
+            width = max(len(x) for x in ids)
+            tail = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            tail_mask = torch.zeros((len(ids), width), dtype=torch.long)
+            for i, row in enumerate(ids):
+                tail[i, : len(row)] = torch.tensor(row)
+                tail_mask[i, : len(row)] = 1
+            enc["input_ids"] = torch.cat([prompt_ids, tail.to(self.device)], dim=1)
+            enc["attention_mask"] = torch.cat([prompt_mask, tail_mask.to(self.device)], dim=1)
+            logits = self.model(**enc).logits
+            p = prompt_ids.shape[1]
+            for i, row in enumerate(ids):
+                n = len(row)
+                lg = logits[i, p - 1 : p - 1 + n].float()
+                target = torch.tensor(row, device=self.device)
+                values = lg.gather(1, target[:, None])[:, 0] - torch.logsumexp(lg, dim=-1)
+                results.append(values.cpu().numpy().astype(np.float32))
+        self._sync()
+        self.model_seconds += time.perf_counter() - t0
+        return results
+
+    def close(self) -> None:
+        del self.model
+        if self.device.startswith("cuda"):
+            torch.cuda.empty_cache()
+
+
+def vocabulary_fingerprint(path: str | Path) -> str:
+    """A hash of a checkpoint's token -> id map, without loading its weights."""
+    import hashlib
+
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    vocab = sorted(AutoTokenizer.from_pretrained(path).get_vocab().items())
+    return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]

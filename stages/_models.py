@@ -1,0 +1,18 @@
+"""Open the model a stage needs. ``models`` (and so torch) is imported here, lazily."""
+
+from __future__ import annotations
+
+from dpo_engine.errors import ModelError
+
+
+def open_image_text_model(path: str, config):
+    from models.family import ModelConfigError
+    from models.vlm import ImageTextModel
+
+    try:
+        return ImageTextModel(path, device=config.device, dtype=config.dtype)
+    except ModelConfigError as exc:
+        raise ModelError(str(exc)) from exc
+    except OSError as exc:
+        raise ModelError(f"cannot load the model at {path} ({exc})",
+                         "check that the folder holds a complete checkpoint") from exc

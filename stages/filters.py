@@ -1,0 +1,80 @@
+"""filter: the reference's three filters over all pairs of the run, then a seeded shuffle.
+
+* same: an exact duplicate pair (same record, same chosen and rejected text) is dropped;
+* num: a pair whose chosen text equals its rejected text is dropped, and at most
+  ``max_pairs_per_idx`` pairs are kept per record (the first ones, in rank order);
+* length: while the mean of (chosen words - rejected words) is above ``length_balance``,
+  the pair with the largest difference is removed (as the reference does, this only ever
+  removes pairs whose chosen answer is the longer one).
+
+It needs the run's global mean, so it runs over the whole run at once, but reads the pairs
+as a stream and keeps only a few numbers per pair in memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+
+
+def length_balance(diffs: np.ndarray, limit: float) -> np.ndarray:
+    """Boolean mask of pairs kept after popping the largest differences until mean <= limit."""
+    n = len(diffs)
+    keep = np.ones(n, dtype=bool)
+    if n == 0 or diffs.mean() <= limit:
+        return keep
+    order = np.argsort(-diffs, kind="stable")
+    removed = np.cumsum(diffs[order])  # sum of the m+1 largest
+    remaining = n - np.arange(1, n + 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        means = (diffs.sum() - removed) / remaining
+    ok = np.nonzero((remaining > 0) & (means <= limit))[0]
+    cut = int(ok[0]) + 1 if len(ok) else n
+    keep[order[:cut]] = False
+    return keep
+
+
+class FilterStage:
+    name = "filter"
+    after = ("pair",)
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    scope = "run"
+    model_role = None
+
+    def settings(self, config) -> dict:
+        return {"max_pairs_per_idx": config.max_pairs_per_idx,
+                "length_balance": config.length_balance, "seed": config.seed}
+
+    def batch_size(self, config) -> int:
+        return 0
+
+    def model_key(self, config):
+        return None
+
+    def open_model(self, config):
+        return None
+
+    def process_run(self, pairs: Iterable[tuple], config) -> list[tuple[int, int]]:
+        """``pairs``: (rid, ord, chosen_hash, rejected_hash, chosen_words, rejected_words) by
+        rid and ord. Returns the kept (rid, ord) in output (shuffled) order."""
+        rids: list[int] = []
+        ords: list[int] = []
+        diffs: list[int] = []
+        current, seen, count = None, set(), 0
+        for rid, ord_, ch, rh, cw, rw in pairs:
+            if rid != current:
+                current, seen, count = rid, set(), 0
+            if ch == rh or (ch, rh) in seen or count >= config.max_pairs_per_idx:
+                continue
+            seen.add((ch, rh))
+            count += 1
+            rids.append(rid)
+            ords.append(ord_)
+            diffs.append(cw - rw)
+        keep = length_balance(np.asarray(diffs, dtype=np.float64), config.length_balance)
+        kept_rids = np.asarray(rids, dtype=np.int64)[keep]
+        kept_ords = np.asarray(ords, dtype=np.int64)[keep]
+        perm = np.random.default_rng(config.seed).permutation(len(kept_rids))
+        return list(zip(kept_rids[perm].tolist(), kept_ords[perm].tolist()))

@@ -1,0 +1,88 @@
+"""pair: chosen/rejected candidates within one record's answers, ranked by reward.
+
+1. Near-duplicates go first: in answer order, an answer whose word n-gram set has Jaccard
+   similarity above the threshold with an already kept answer is dropped.
+2. Chosen candidates are in the top ``rank`` by reward sum and by reward average; rejected
+   candidates in the bottom ``rank`` by both.
+3. With ``strict_follow_rank`` the i-th best chosen meets the i-th worst rejected; otherwise
+   every chosen meets every rejected whose word count differs by less than ``distance``.
+
+Beyond the reference: a pair needs its chosen answer to out-score its rejected one. With the
+default k=10 and rank=3 the two candidate sets never overlap and this changes nothing; with a
+small k (say 4) they do, and the reference would emit pairs whose "chosen" scored lower.
+"""
+
+from __future__ import annotations
+
+from dpo_engine.stage import Batch, Outputs, PairRow
+from dpo_engine.text import jaccard, ngram_set
+
+
+def drop_near_duplicates(texts: list[str], n: int, threshold: float) -> list[int]:
+    """Indices of the texts kept, in order."""
+    kept: list[int] = []
+    sets: list[frozenset] = []
+    for i, text in enumerate(texts):
+        grams = ngram_set(text, n)
+        duplicate = False
+        if grams:
+            for other in sets:
+                small, large = sorted((len(grams), len(other)))
+                # Jaccard can't exceed |small|/|large|: skip the intersection when that's too low.
+                if large and small / large > threshold and jaccard(grams, other) > threshold:
+                    duplicate = True
+                    break
+        if not duplicate:
+            kept.append(i)
+            sets.append(grams)
+    return kept
+
+
+class PairStage:
+    name = "pair"
+    after = ("reward",)
+    reads = ("samples", "rewards")
+    writes = ("pairs",)
+    scope = "record"
+    model_role = None
+
+    def settings(self, config) -> dict:
+        return {"rank": config.rank, "distance": config.distance,
+                "strict_follow_rank": config.strict_follow_rank,
+                "ngram": config.ngram, "jaccard_threshold": config.jaccard_threshold}
+
+    def batch_size(self, config) -> int:
+        return 2048
+
+    def model_key(self, config):
+        return None
+
+    def open_model(self, config):
+        return None
+
+    def process(self, batch: Batch, model, config) -> Outputs:
+        out = Outputs()
+        for rid in batch.rids:
+            samples = batch.samples.get(rid, [])
+            rewards = {r.inner_idx: r for r in batch.rewards.get(rid, [])}
+            samples = [s for s in samples if s.inner_idx in rewards]
+            keep = drop_near_duplicates([s.text for s in samples], config.ngram, config.jaccard_threshold)
+            rows = [(s, rewards[s.inner_idx]) for s in (samples[i] for i in keep)]
+            by_sum = sorted(rows, key=lambda x: (-x[1].sum, x[0].inner_idx))
+            by_avg = sorted(rows, key=lambda x: (-x[1].avg, x[0].inner_idx))
+            k = config.rank
+            top = {s.inner_idx for s, _ in by_sum[:k]} & {s.inner_idx for s, _ in by_avg[:k]}
+            bottom = {s.inner_idx for s, _ in by_sum[-k:]} & {s.inner_idx for s, _ in by_avg[-k:]}
+            chosen = [x for x in by_sum if x[0].inner_idx in top]
+            rejected = [x for x in reversed(by_sum) if x[0].inner_idx in bottom]  # worst first
+            if config.strict_follow_rank:
+                candidates = list(zip(chosen, rejected))
+            else:
+                candidates = [(c, r) for c in chosen for r in rejected
+                              if abs(c[0].n_words - r[0].n_words) < config.distance]
+            order = 0
+            for (cs, cr), (rs, rr) in candidates:
+                if cs.inner_idx != rs.inner_idx and cr.sum > rr.sum:
+                    out.pairs.append(PairRow(rid, order, cs.inner_idx, rs.inner_idx))
+                    order += 1
+        return out

@@ -1,0 +1,51 @@
+"""sample: the instruct model answers each record's question k times (temperature sampling)."""
+
+from __future__ import annotations
+
+from dpo_engine.dataset import decode_image
+from dpo_engine.stage import Batch, Outputs, SampleRow
+from dpo_engine.text import text_hash, word_count
+
+from ._models import open_image_text_model
+
+
+class SampleStage:
+    name = "sample"
+    after: tuple[str, ...] = ()
+    reads = ("records",)
+    writes = ("samples",)
+    scope = "record"
+    model_role = "instruct"
+
+    def settings(self, config) -> dict:
+        return {
+            "model": config.model_fingerprints.get("instruct", config.instruct_model),
+            "k": config.sample_k,
+            "temperature": config.temperature,
+            "max_new_tokens": config.max_new_tokens,
+            "seed": config.seed,
+            "dtype": config.dtype,
+        }
+
+    def batch_size(self, config) -> int:
+        return config.batch_size
+
+    def model_key(self, config) -> str:
+        return config.instruct_model
+
+    def open_model(self, config):
+        return open_image_text_model(config.instruct_model, config)
+
+    def process(self, batch: Batch, model, config) -> Outputs:
+        records = [batch.records[rid] for rid in batch.rids]
+        images = [decode_image(r.image) for r in records]
+        answers = model.generate(
+            images, [r.question for r in records], keys=batch.rids, k=config.sample_k,
+            max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
+        )
+        out = Outputs()
+        for rid, gens in zip(batch.rids, answers):
+            for j, g in enumerate(gens):
+                out.samples.append(SampleRow(rid, j, g.text, g.n_tokens, word_count(g.text), text_hash(g.text)))
+                out.tokens += g.n_tokens
+        return out

@@ -233,6 +233,8 @@ def image_problem(data: bytes) -> str | None:
             with Image.open(io.BytesIO(data)) as im:
                 im.load()
     except Exception as exc:  # PIL raises many types for broken data
+        if type(exc).__name__ == "UnidentifiedImageError":
+            return "image bytes do not decode (not a recognised image format)"
         return f"image bytes do not decode ({type(exc).__name__}: {exc})"
     return None
 

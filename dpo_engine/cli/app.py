@@ -30,7 +30,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 DATASET_HELP = ("Input dataset: a .parquet (idx, question, image{bytes,path}) or .jsonl (question, "
                 "image as base64 or image_path) file, or a folder of such shards.")
@@ -121,7 +121,7 @@ def run(
     computed. Changing a setting recomputes only the stages it affects."""
     from .running import execute
 
-    console = err_console if json_out else Console()
+    console = err_console if json_out else Console(soft_wrap=True)
     for name, value in (("--reward_model_name", reward_model_name),
                         ("--instruct_model_name", instruct_model_name)):
         if value:
@@ -204,7 +204,7 @@ def validate(
     """Check every row of a dataset. Exit 0: all valid; 1: some rows invalid; 2: unreadable."""
     from ..validate import validate_dataset
 
-    console = Console(highlight=False)
+    console = Console(highlight=False, soft_wrap=True)
     report = validate_dataset(path, on_bad=lambda line: console.print(line, markup=False))
     console.print(f"{report.total} rows: {report.valid} valid, {report.invalid} invalid")
     raise typer.Exit(1 if report.invalid else 0)
@@ -226,7 +226,7 @@ def demo(
     from ..demo import write_demo_dataset
     from .running import execute
 
-    console = err_console if json_out else Console()
+    console = err_console if json_out else Console(soft_wrap=True)
     models_dir = work_dir / "models"
     dataset = work_dir / "data" / "demo.parquet"
     with console.status("building tiny models and the demo dataset"):

@@ -1,0 +1,78 @@
+"""Shared fixtures: tiny real checkpoints and small real datasets, built once per session."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+from dpo_engine.demo import draw_shapes, write_demo_dataset  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> dict[str, Path]:
+    from models.tiny import build_tiny_llava
+
+    root = tmp_path_factory.mktemp("models")
+    instruct = build_tiny_llava(root / "instruct", seed=0)
+    reward = build_tiny_llava(root / "reward", seed=1, base=instruct, noise=0.05)
+    return {"instruct": instruct, "reward": reward}
+
+
+@pytest.fixture(scope="session")
+def demo_parquet(tmp_path_factory) -> Path:
+    return write_demo_dataset(tmp_path_factory.mktemp("data") / "demo.parquet", n=12)
+
+
+def shapes_rows(n: int, seed: int = 0, prefix: str = "r") -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        data, _ = draw_shapes(rng)
+        rows.append({"idx": f"{prefix}{i}", "question": "Describe the image.",
+                     "image": {"bytes": data, "path": f"{prefix}{i}.png"}, "ds_name": "t"})
+    return rows
+
+
+def write_parquet(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), path)
+    return path
+
+
+def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    proc = subprocess.run([sys.executable, "-m", "dpo_engine", *map(str, args)], capture_output=True,
+                          text=True, env=env, cwd=kw.pop("cwd", REPO), **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def run_args(models: dict, dataset: Path, work: Path, *extra: str) -> list[str]:
+    return ["run", "--dataset", str(dataset), "--instruct-model", str(models["instruct"]),
+            "--reward-model", str(models["reward"]), "--work-dir", str(work), "--sample-k", "4",
+            "--max-new-tokens", "24", *extra]
+
+
+@pytest.fixture
+def copy_models(tiny_models, tmp_path):
+    def make(role: str) -> Path:
+        dst = tmp_path / f"copy-{role}"
+        shutil.copytree(tiny_models[role], dst)
+        return dst
+
+    return make

@@ -1,0 +1,91 @@
+"""The CLI end to end, through the real entry point in subprocesses."""
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import cli, run_args, shapes_rows, write_parquet
+
+COMMANDS = ["run", "status", "export", "validate", "demo"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_explains_itself(command):
+    out = cli(command, "--help").stdout
+    assert "Usage" in out and len(out.split()) > 20
+
+
+def test_run_status_rerun_and_export(tiny_models, demo_parquet, tmp_path):
+    work = tmp_path / "A"
+    first = json.loads(cli(*run_args(tiny_models, demo_parquet, work, "--json")).stdout.splitlines()[-1])
+    assert first["pipeline"] == "dpo_reward" and first["output"].endswith("dataset/dpo_dataset.parquet")
+    assert [s["name"] for s in first["stages"]] == ["sample", "logps_instruct", "logps_reward", "reward",
+                                                    "pair", "filter"]
+    assert all(s["computed"] == 12 and s["reused"] == 0 for s in first["stages"])
+    table = pq.read_table(first["output"])
+    assert table.num_rows == first["pairs"] > 0
+    assert {"idx", "question", "chosen", "rejected", "image", "logps", "origin_dataset"} <= set(table.column_names)
+    logps = json.loads(table.column("logps")[0].as_py())
+    assert len(logps) == 6 and len(logps[2]) > 0
+
+    second = json.loads(cli(*run_args(tiny_models, demo_parquet, work, "--rank", "2", "--json")).stdout.splitlines()[-1])
+    by_name = {s["name"]: s for s in second["stages"]}
+    for name in ("sample", "logps_instruct", "logps_reward", "reward"):
+        assert by_name[name]["computed"] == 0 and by_name[name]["reused"] == 12
+    assert by_name["pair"]["computed"] == 12 and by_name["filter"]["computed"] == 12
+
+    status = json.loads(cli("status", work, "--json").stdout)
+    assert status["records"] == {"total": 12, "valid": 12, "invalid": 0}
+    assert all(s["done"] == 12 and s["pending"] == 0 for s in status["stages"])
+
+    datasets = pytest.importorskip("datasets")
+    cli("export", work, "--format", "trl", "--out", tmp_path / "trl.parquet")
+    trl = datasets.load_dataset("parquet", data_files=str(tmp_path / "trl.parquet"), split="train")
+    row = trl[0]
+    assert row["prompt"][0]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
+    assert type(row["images"][0]).__module__.startswith("PIL")
+    rlaif = datasets.load_dataset("parquet", data_files=first["output"], split="train")
+    assert type(rlaif[0]["image"]).__module__.startswith("PIL")
+
+
+def test_invalid_rows_are_named_and_skipped(tiny_models, tmp_path):
+    rows = shapes_rows(5)
+    good = rows[0]["image"]["bytes"]
+    rows += [{"idx": "broken", "question": "q", "image": {"bytes": b"\x00\x01", "path": ""}, "ds_name": "t"},
+             {"idx": "blank", "question": "", "image": {"bytes": good, "path": ""}, "ds_name": "t"},
+             {"idx": "r2", "question": "again", "image": {"bytes": good, "path": ""}, "ds_name": "t"}]
+    data = write_parquet(tmp_path / "mixed.parquet", rows)
+    v = cli("validate", data, check=False)
+    assert v.returncode == 1
+    for name in ("'broken'", "'blank'", "duplicate idx 'r2'"):
+        assert name in v.stdout
+    assert "8 rows: 5 valid, 3 invalid" in v.stdout
+    cli(*run_args(tiny_models, data, tmp_path / "W"))
+    status = json.loads(cli("status", tmp_path / "W", "--json").stdout)
+    assert status["records"]["invalid"] == 3
+    assert {s["name"]: s["done"] for s in status["stages"]}["sample"] == 5
+
+
+def test_clean_errors_and_exit_codes(tiny_models, tmp_path):
+    assert cli("validate", tmp_path / "nothing.parquet", check=False).returncode == 2
+    write_parquet(tmp_path / "ok.parquet", shapes_rows(2))
+    assert cli("validate", tmp_path / "ok.parquet", check=False).returncode == 0
+    (tmp_path / "junk.parquet").write_bytes(b"junk")
+    bad = cli(*run_args(tiny_models, tmp_path / "junk.parquet", tmp_path / "W"), check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.stderr.strip().startswith("error:") and len(bad.stderr.strip().splitlines()) == 1
+    no_model = cli("run", "--dataset", tmp_path / "ok.parquet", "--instruct-model", tmp_path,
+                   "--reward-model", tmp_path, "--work-dir", tmp_path / "W", check=False)
+    assert no_model.returncode == 2 and "config.json" in no_model.stderr
+    assert cli("status", tmp_path / "nowhere", check=False).returncode == 2
+
+
+def test_reference_spellings_are_accepted(tiny_models, demo_parquet, tmp_path):
+    proc = cli("run", "--pipeline_name", "dpo_reward", "--dataset_path", demo_parquet,
+               "--instruct_model_path", tiny_models["instruct"], "--reward_model_path", tiny_models["reward"],
+               "--work_dir", tmp_path / "ref", "--sample_k", "3", "--max_new_tokens", "8",
+               "--reward_model_name", "RLAIF-V-7B", "--json")
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["samples"] == 36
+    assert "config.json" in proc.stderr  # the note about --reward_model_name

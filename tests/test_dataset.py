@@ -1,0 +1,88 @@
+import base64
+import json
+
+import pytest
+
+from conftest import shapes_rows, write_parquet
+from dpo_engine.dataset import iter_records, open_dataset
+from dpo_engine.errors import DatasetUnreadable
+from dpo_engine.validate import validate_dataset
+
+
+def records(path):
+    return list(iter_records(open_dataset(path)))
+
+
+def test_parquet_rows_and_extra_columns(tmp_path):
+    path = write_parquet(tmp_path / "d.parquet", shapes_rows(3))
+    recs = records(path)
+    assert [r.idx for r in recs] == ["r0", "r1", "r2"]
+    assert all(r.error is None for r in recs)
+    assert recs[0].extra == {"ds_name": "t"}
+    assert recs[0].image_path == "r0.png"
+    assert recs[0].image.startswith(b"\x89PNG")
+
+
+def test_bad_parquet_rows_are_kept_with_their_cause(tmp_path):
+    rows = shapes_rows(2)
+    good = rows[0]["image"]["bytes"]
+    rows += [
+        {"idx": "a", "question": "q", "image": {"bytes": b"nope", "path": ""}, "ds_name": "t"},
+        {"idx": "b", "question": "", "image": {"bytes": good, "path": ""}, "ds_name": "t"},
+        {"idx": "c", "question": None, "image": {"bytes": good, "path": ""}, "ds_name": "t"},
+        {"idx": "d", "question": "q", "image": {"bytes": None, "path": "missing.png"}, "ds_name": "t"},
+    ]
+    recs = records(write_parquet(tmp_path / "d.parquet", rows))
+    errors = {r.idx: r.error for r in recs}
+    assert errors["r0"] is None and errors["r1"] is None
+    assert "do not decode" in errors["a"]
+    assert errors["b"] == "question is empty"
+    assert errors["c"] == "question is missing"
+    assert "does not exist" in errors["d"]
+
+
+def test_jsonl_base64_and_image_path(tmp_path):
+    rows = shapes_rows(2)
+    img_file = tmp_path / "pic.png"
+    img_file.write_bytes(rows[1]["image"]["bytes"])
+    lines = [
+        {"question_id": 7, "question": "What?", "image": base64.b64encode(rows[0]["image"]["bytes"]).decode()},
+        {"question": "Where?", "image": "", "image_path": "pic.png"},
+        {"question": 5, "image": "", "image_path": "pic.png"},
+        {"question": "x", "image": "!!notbase64!!"},
+    ]
+    path = tmp_path / "q.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n{broken json\n")
+    recs = records(path)
+    assert recs[0].error is None and recs[0].idx == "7" and recs[0].idx_value == 7
+    assert recs[1].error is None and recs[1].image == rows[1]["image"]["bytes"]
+    assert recs[1].extra["image_path"] == "pic.png"
+    assert "must be a string" in recs[2].error
+    assert "base64" in recs[3].error
+    assert "unparseable" in recs[4].error
+
+
+def test_folder_of_shards_keeps_row_numbers_across_files(tmp_path):
+    write_parquet(tmp_path / "shards" / "part-0.parquet", shapes_rows(2, prefix="a"))
+    write_parquet(tmp_path / "shards" / "part-1.parquet", shapes_rows(3, prefix="b"))
+    recs = records(tmp_path / "shards")
+    assert [r.row for r in recs] == [0, 1, 2, 3, 4]
+    assert [r.idx for r in recs] == ["a0", "a1", "b0", "b1", "b2"]
+
+
+@pytest.mark.parametrize("content,name", [(b"garbage", "x.parquet"), (b"", "x.csv")])
+def test_unreadable_files_raise_one_clear_error(tmp_path, content, name):
+    (tmp_path / name).write_bytes(content)
+    with pytest.raises(DatasetUnreadable):
+        open_dataset(tmp_path / name)
+    with pytest.raises(DatasetUnreadable):
+        open_dataset(tmp_path / "absent.parquet")
+
+
+def test_validate_reports_duplicates_and_counts(tmp_path):
+    rows = shapes_rows(3)
+    rows.append(dict(rows[1]))
+    lines = []
+    report = validate_dataset(write_parquet(tmp_path / "d.parquet", rows), lines.append)
+    assert (report.total, report.valid, report.invalid) == (4, 3, 1)
+    assert len(lines) == 1 and "duplicate idx 'r1' (first at row 1)" in lines[0]

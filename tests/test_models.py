@@ -1,0 +1,64 @@
+"""The transformers adapter on real tiny checkpoints."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from models.family import ModelConfigError, detect_family
+from models.vlm import ImageTextModel, vocabulary_fingerprint
+
+
+@pytest.fixture(scope="module")
+def model(tiny_models):
+    return ImageTextModel(tiny_models["instruct"], device="cpu")
+
+
+def images():
+    return [Image.new("RGB", (40, 30), c) for c in ("red", "blue", "green")]
+
+
+def test_family_comes_from_config_not_name(tiny_models, tmp_path):
+    fam = detect_family(tiny_models["instruct"])
+    assert (fam.model_type, fam.kind) == ("llava", "image-text-to-text")
+    misleading = tmp_path / "llava-1.5-7b"
+    misleading.mkdir()
+    (misleading / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    assert detect_family(misleading).kind == "causal-lm"
+    (misleading / "config.json").write_text(json.dumps({"model_type": "no-such-family"}))
+    with pytest.raises(ModelConfigError):
+        detect_family(misleading)
+    with pytest.raises(ModelConfigError):
+        detect_family(tmp_path)
+
+
+def test_sampling_is_independent_of_batch_composition(model):
+    qs = ["describe the image.", "what do you see?", "how many shapes?"]
+    kw = dict(k=3, max_new_tokens=16, temperature=0.7, seed=5)
+    together = model.generate(images(), qs, keys=[10, 11, 12], **kw)
+    alone = model.generate(images()[1:2], qs[1:2], keys=[11], **kw)
+    assert together[1] == alone[0]
+    other_seed = model.generate(images()[1:2], qs[1:2], keys=[11], **{**kw, "seed": 6})
+    assert other_seed[0] != alone[0]
+    assert all(1 <= g.n_tokens <= 16 for gens in together for g in gens)
+
+
+def test_prefix_cache_scoring_matches_full_sequences(model):
+    answers = ["a red circle .", "two blue squares at the top left", "no"]
+    fast = model.score(images()[0], "describe the image.", answers)
+    slow = model.score_full(images()[0], "describe the image.", answers, batch_size=1)
+    assert [len(x) for x in fast] == [len(model.answer_ids(a)) for a in answers]
+    for a, b in zip(fast, slow):
+        assert np.allclose(a, b, atol=1e-4)
+        assert (a <= 0).all()
+
+
+def test_vocabulary_fingerprint_tells_tokenizers_apart(tiny_models, tmp_path):
+    assert vocabulary_fingerprint(tiny_models["instruct"]) == vocabulary_fingerprint(tiny_models["reward"])
+    from models.tiny import build_tokenizer
+
+    tok = build_tokenizer()
+    tok.add_tokens(["hexagon"])
+    tok.save_pretrained(tmp_path)
+    assert vocabulary_fingerprint(tmp_path) != vocabulary_fingerprint(tiny_models["instruct"])

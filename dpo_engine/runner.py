@@ -59,6 +59,7 @@ class Runner:
         self.hashes = stage_hashes(stages, config)
         self._model_key: Any = None
         self._model: Any = None
+        self.model_load_seconds = 0.0
 
     def run(self) -> list[StageReport]:
         try:
@@ -73,7 +74,9 @@ class Runner:
             return None
         if key != self._model_key:
             self._release_model()
+            t0 = time.perf_counter()
             self._model = stage.open_model(self.config)
+            self.model_load_seconds += time.perf_counter() - t0
             self._model_key = key
         return self._model
 

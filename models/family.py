@@ -6,8 +6,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-# Families whose rotary positions depend on the image grid (M-RoPE): the prefix-cache scoring
-# path would need their custom position ids, so they are scored with full sequences instead.
+# Families whose rotary positions depend on the image grid (M-RoPE): sharing a prompt's KV
+# cache would need their custom position ids, so they sample with num_return_sequences and
+# score full sequences instead.
 MROPE_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"}
 
 
@@ -22,7 +23,7 @@ class Family:
     kind: str  # "image-text-to-text" or "causal-lm"
 
     @property
-    def prefix_cache_scoring(self) -> bool:
+    def prefix_cache(self) -> bool:
         return self.model_type not in MROPE_FAMILIES
 
 

@@ -4,8 +4,9 @@ Any HF-native checkpoint served by ``AutoModelForImageTextToText`` + ``AutoProce
 chat template works (``llava-hf/llava-1.5-7b-hf`` is the reference case). Two things make it
 fast and reproducible:
 
-* **Sampling** puts several records in one ``generate`` call with ``num_return_sequences=k``,
-  so each image is encoded once and the k answers share the prompt. The random draws come
+* **Sampling** puts several records in one ``generate`` call. Image + prompt run through the
+  model once per record; the resulting KV cache is copied k times and decoding continues
+  from it, so neither the image nor the prompt is encoded k times. The random draws come
   from a per-answer stream seeded by ``(seed, record, answer index)``, not from torch's global
   generator, so an answer does not depend on which other records shared its batch.
 * **Scoring** runs image + question once per record, keeps the KV cache of that prefix and
@@ -145,22 +146,40 @@ class ImageTextModel:
                  k: int, max_new_tokens: int, temperature: float, seed: int,
                  top_p: float = 1.0) -> list[list[Generation]]:
         """k sampled answers for each (image, question); ``keys`` are the records' ids."""
-        from transformers import GenerationConfig, LogitsProcessorList
+        from transformers import GenerationConfig, LogitsProcessorList, StaticCache
 
         t0 = time.perf_counter()
         enc = self._encode(images, [self.prompt(q) for q in questions])
-        prompt_len = enc["input_ids"].shape[1]
+        ids, mask = enc.pop("input_ids"), enc.pop("attention_mask")
+        prompt_len = ids.shape[1]
         uniforms = torch.from_numpy(
             row_uniforms(seed, [(rid, j) for rid in keys for j in range(k)], max_new_tokens)
         ).to(self.device)
+        sampler = LogitsProcessorList([SeededSampler(uniforms, temperature, top_p, prompt_len)])
         config = GenerationConfig(
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            num_return_sequences=k, eos_token_id=self.eos_id,
-            pad_token_id=self.tokenizer.pad_token_id, bos_token_id=self.tokenizer.bos_token_id,
+            eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id,
+            bos_token_id=self.tokenizer.bos_token_id,
         )
-        sampler = SeededSampler(uniforms, temperature, top_p, prompt_len)
-        out = self.model.generate(**enc, generation_config=config,
-                                  logits_processor=LogitsProcessorList([sampler]))
+        if self.family.prefix_cache:
+            # Encode image + prompt once per record (all but the last prompt token), copy the
+            # KV cache k times, and let generate continue from the last prompt token.
+            # Decoding writes into a preallocated static cache: a growing cache re-copies the
+            # whole prompt at every step, which costs more than the model itself on small models.
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)
+            head = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
+                              position_ids=positions[:, :-1], use_cache=True, logits_to_keep=1, **enc)
+            cache = StaticCache(config=self.model.config, max_cache_len=prompt_len + max_new_tokens)
+            for i, layer in enumerate(head.past_key_values.layers):
+                cache.update(layer.keys.repeat_interleave(k, 0), layer.values.repeat_interleave(k, 0), i)
+            del head
+            out = self.model.generate(input_ids=ids.repeat_interleave(k, 0),
+                                      attention_mask=mask.repeat_interleave(k, 0), past_key_values=cache,
+                                      generation_config=config, logits_processor=sampler)
+        else:
+            config.num_return_sequences = k
+            out = self.model.generate(input_ids=ids, attention_mask=mask, **enc,
+                                      generation_config=config, logits_processor=sampler)
         self._sync()
         self.model_seconds += time.perf_counter() - t0
         return self._decode(out[:, prompt_len:].cpu(), len(questions), k)
@@ -202,7 +221,7 @@ class ImageTextModel:
         """Per-token log-probs (float32) of each answer given image + question."""
         if not answers:
             return []
-        if not self.family.prefix_cache_scoring:
+        if not self.family.prefix_cache:
             return self.score_full(image, question, answers, batch_size=len(answers))
         t0 = time.perf_counter()
         enc = self._encode([image], [self.prompt(question)])

@@ -1,0 +1,246 @@
+"""Speed and memory figures for dpo-engine. The last stdout line is a JSON object.
+
+    python benchmarks/run.py [--quick]
+
+* sample_speedup_vs_reference: samples/s of our sampling (several records per generate
+  call, k answers per prompt, each image encoded once) over the reference's way (one record
+  per call, its k repeats as a batch with the image re-encoded for each).
+* score_speedup_vs_reference: answers/s of our log-prob scoring (image + prompt encoded once
+  per record, its k answers scored against the cached prefix) over the reference's (batch
+  size 1, the full sequence per answer, each answer scored twice).
+* pairing_1m_seconds / pairing_1m_peak_rss_mb: reward + pair + filter over 1,000,000
+  synthetic samples (100,000 records x 10) already in a store, in a fresh process.
+* pairing_scaling_10x: that time over the time for 100,000 samples.
+* engine_overhead_share: share of a full run's wall time spent outside model calls
+  (SQLite, bookkeeping, image decoding) on a small (>5M parameter) model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# ------------------------------------------------------------------------------- models
+def model_figures(tmp: Path, quick: bool) -> dict:
+    import torch
+
+    from dpo_engine.demo import write_demo_dataset
+    from dpo_engine.dataset import decode_image, iter_records, open_dataset
+    from models.tiny import build_tiny_llava
+    from models.vlm import ImageTextModel
+
+    torch.manual_seed(0)
+    path = build_tiny_llava(tmp / "small", seed=0, size="small")
+    model = ImageTextModel(path, device="auto")
+    params = sum(p.numel() for p in model.model.parameters())
+    n, k, new = (8, 10, 32) if quick else (24, 10, 64)
+    data = write_demo_dataset(tmp / "bench.parquet", n=n)
+    recs = list(iter_records(open_dataset(data)))
+    images = [decode_image(r.image) for r in recs]
+    questions = [r.question for r in recs]
+    model.generate(images[:1], questions[:1], keys=[0], k=2, max_new_tokens=4, temperature=0.7, seed=0)
+
+    t0 = time.perf_counter()
+    ours = []
+    for i in range(0, n, 8):
+        ours += model.generate(images[i:i + 8], questions[i:i + 8], keys=list(range(i, min(n, i + 8))),
+                               k=k, max_new_tokens=new, temperature=0.7, seed=0)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for img, q in zip(images, questions):
+        model.generate_reference_way(img, q, k=k, max_new_tokens=new, temperature=0.7)
+    t_ref = time.perf_counter() - t0
+    log(f"sampling: ours {n * k / t_ours:.1f} samples/s, reference way {n * k / t_ref:.1f} samples/s")
+
+    answers = [[g.text for g in gens] for gens in ours]
+    t0 = time.perf_counter()
+    for img, q, ans in zip(images, questions, answers):
+        model.score(img, q, ans)
+    t_score = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for img, q, ans in zip(images, questions, answers):
+        for _ in range(2):
+            model.score_full(img, q, ans, batch_size=1)
+    t_score_ref = time.perf_counter() - t0
+    log(f"scoring: ours {n * k / t_score:.1f} answers/s, reference way {n * k / t_score_ref:.1f} answers/s")
+    return {
+        "model_parameters": params,
+        "device": model.device,
+        "sample_speedup_vs_reference": round(t_ref / t_ours, 2),
+        "score_speedup_vs_reference": round(t_score_ref / t_score, 2),
+        "model_path": str(path),
+    }
+
+
+def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
+    from dataclasses import replace
+
+    from dpo_engine.config import RunConfig, model_fingerprint
+    from dpo_engine.dataset import open_dataset
+    from dpo_engine.demo import write_demo_dataset
+    from dpo_engine.export import export
+    from dpo_engine.ingest import ingest
+    from dpo_engine.pipelines import stage_hashes
+    from dpo_engine.runner import Runner
+    from dpo_engine.store import Store
+    from stages import build_pipeline
+
+    n = 16 if quick else 48
+    data = write_demo_dataset(tmp / "overhead.parquet", n=n, seed=3)
+    work = tmp / "overhead-run"
+    config = RunConfig(pipeline="dpo_reward", dataset=str(data), work_dir=str(work),
+                       instruct_model=model_path, reward_model=model_path, sample_k=10,
+                       max_new_tokens=32, batch_size=8, device="auto", dtype="float32")
+    config = replace(config, model_fingerprints={"instruct": model_fingerprint(model_path),
+                                                 "reward": model_fingerprint(model_path) + "r"})
+    t0 = time.perf_counter()
+    store = Store.in_work_dir(work)
+    ingest(store, open_dataset(data))
+    stages = build_pipeline("dpo_reward")
+    store.save_run("dpo_reward", str(data), {}, stage_hashes(stages, config), {})
+    runner = Runner(store, stages, config)
+    reports = runner.run()
+    export(store, work / "dataset" / "dpo_dataset.parquet")
+    wall = time.perf_counter() - t0
+    model_time = sum(r.model_seconds for r in reports) + runner.model_load_seconds
+    share = (wall - model_time) / wall
+    log(f"full run: {wall:.2f}s wall, {model_time:.2f}s in model calls and loads -> overhead {share:.3f}")
+    return {"engine_overhead_share": round(share, 4), "engine_overhead_run_seconds": round(wall, 2)}
+
+
+# ------------------------------------------------------------------------------- pairing
+def populate(db_dir: str, records: int, k: int = 10, seed: int = 0) -> None:
+    """A store with records x k samples and both models' per-token log-probs, sample and
+    logps stages marked done under the hashes a run with default settings computes."""
+    import numpy as np
+
+    from dpo_engine.config import RunConfig
+    from dpo_engine.dataset import RawRecord
+    from dpo_engine.pipelines import stage_hashes
+    from dpo_engine.stage import LogprobRow, Outputs, SampleRow
+    from dpo_engine.store import Store
+    from dpo_engine.text import text_hash
+    from stages import build_pipeline
+
+    rng = np.random.default_rng(seed)
+    vocab = np.array([f"w{i}" for i in range(400)] + ["the", "a", "red", "circle", "square"])
+    store = Store.in_work_dir(db_dir)
+    config = bench_config(db_dir)
+    stages = build_pipeline("dpo_reward")
+    hashes = stage_hashes(stages, config)
+    store.save_run("dpo_reward", "synthetic", {}, hashes, {})
+    image = (REPO / "benchmarks" / "pixel.png").read_bytes() if (REPO / "benchmarks" / "pixel.png").exists() else b"png"
+    chunk = 5000
+    for start in range(0, records, chunk):
+        rids = list(range(start, min(records, start + chunk)))
+        store.insert_records([RawRecord(r, f"id{r}", f"id{r}", "Describe the image.", image, None,
+                                        row_hash=str(r)) for r in rids])
+        samples, logps = [], []
+        lengths = rng.integers(20, 60, size=len(rids) * k)
+        for i, (rid, j) in enumerate((rid, j) for rid in rids for j in range(k)):
+            n = int(lengths[i])
+            words = vocab[rng.integers(0, len(vocab), size=n)]
+            text = " ".join(words.tolist())
+            samples.append(SampleRow(rid, j, text, n + 1, n, text_hash(text)))
+            for role in ("instruct", "reward"):
+                v = rng.normal(-2.0, 1.0, size=n + 1).astype("<f4")
+                s = float(v.sum())
+                logps.append(LogprobRow(rid, j, role, n + 1, s, s / (n + 1), v.tobytes()))
+        store.commit("sample", hashes["sample"], rids, Outputs(samples=samples), writes=["samples"],
+                     downstream=[], seconds=0)
+        for role in ("instruct", "reward"):
+            store.commit(f"logps_{role}", hashes[f"logps_{role}"], rids,
+                         Outputs(logprobs=[x for x in logps if x.role == role]),
+                         writes=[f"logprob:{role}"], downstream=[], seconds=0)
+    store.close()
+
+
+def bench_config(work: str):
+    from dpo_engine.config import RunConfig
+
+    return RunConfig(pipeline="dpo_reward", dataset="synthetic", work_dir=work, instruct_model="i",
+                     reward_model="r", dtype="float32", model_fingerprints={"instruct": "i", "reward": "r"})
+
+
+def pair_run(db_dir: str) -> None:
+    """Child process: reward + pair + filter; prints its seconds."""
+    from dpo_engine.runner import Runner
+    from dpo_engine.store import Store
+    from stages import build_pipeline
+
+    store = Store.in_work_dir(db_dir)
+    t0 = time.perf_counter()
+    reports = Runner(store, build_pipeline("dpo_reward"), bench_config(db_dir)).run()
+    seconds = time.perf_counter() - t0
+    print(json.dumps({"seconds": seconds, "pairs": store.count("kept_pair"),
+                      "computed": {r.name: r.computed for r in reports}}))
+
+
+def timed_child(*args: str) -> tuple[dict, float]:
+    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
+    out = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    if status != 0:
+        raise SystemExit(f"child {args} failed")
+    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+
+
+def pairing_figures(tmp: Path) -> dict:
+    result = {}
+    for records, key in ((10_000, "100k"), (100_000, "1m")):
+        work = tmp / f"pairs-{key}"
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, __file__, "--populate", str(work), str(records)], check=True)
+        log(f"populated {records * 10:,} samples in {time.perf_counter() - t0:.1f}s")
+        figures, rss = timed_child("--pair-run", str(work))
+        log(f"pairing {records * 10:,} samples: {figures['seconds']:.2f}s, peak RSS {rss:.0f} MB, "
+            f"{figures['pairs']} pairs")
+        result[key] = (figures["seconds"], rss)
+    return {
+        "pairing_1m_seconds": round(result["1m"][0], 2),
+        "pairing_1m_peak_rss_mb": round(result["1m"][1], 1),
+        "pairing_100k_seconds": round(result["100k"][0], 2),
+        "pairing_scaling_10x": round(result["1m"][0] / result["100k"][0], 2),
+    }
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--populate":
+        return populate(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) > 1 and sys.argv[1] == "--pair-run":
+        return pair_run(sys.argv[2])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smaller model workloads (same 1M pairing)")
+    parser.add_argument("--skip-pairing", action="store_true", help="leave out the 1M-sample figures")
+    args = parser.parse_args()
+    figures: dict = {"quick": args.quick}
+    with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
+        tmp = Path(tmp_name)
+        from models.vlm import quiet_transformers
+
+        quiet_transformers()
+        m = model_figures(tmp, args.quick)
+        figures.update({k: v for k, v in m.items() if k != "model_path"})
+        figures.update(overhead_figure(tmp, m["model_path"], args.quick))
+        if not args.skip_pairing:
+            figures.update(pairing_figures(tmp))
+    print(json.dumps(figures))
+
+
+if __name__ == "__main__":
+    main()

@@ -187,17 +187,28 @@ def pair_run(db_dir: str) -> None:
     t0 = time.perf_counter()
     reports = Runner(store, build_pipeline("dpo_reward"), bench_config(db_dir)).run()
     seconds = time.perf_counter() - t0
-    print(json.dumps({"seconds": seconds, "pairs": store.count("kept_pair"),
+    print(json.dumps({"seconds": seconds, "pairs": store.count("kept_pair"), "peak_rss_mb": peak_rss_mb(),
                       "computed": {r.name: r.computed for r in reports}}))
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, unlike ru_maxrss, is not inherited from
+    the pre-exec image of the parent that forked us (which holds torch and a model)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def timed_child(*args: str) -> tuple[dict, float]:
-    proc = subprocess.Popen([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True)
-    out = proc.stdout.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status != 0:
-        raise SystemExit(f"child {args} failed")
-    return json.loads(out.strip().splitlines()[-1]), usage.ru_maxrss / 1024
+    out = subprocess.run([sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, check=True)
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    return figures, figures["peak_rss_mb"]
 
 
 def pairing_figures(tmp: Path) -> dict:

@@ -18,11 +18,33 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import sqlite_utils
-
 from .dataset import encode_extra
 from .errors import StoreError
 from .stage import Batch, LogprobRow, Outputs, PairRow, RecordIn, RewardRow, SampleRow
+
+
+
+def _import_sqlite_utils():
+    """Import sqlite-utils without letting it import pandas and numpy.
+
+    sqlite-utils imports both eagerly, when installed, only to map their scalar types; that
+    costs over half a second, and ``status`` and the dashboard must start fast. We never hand
+    it pandas or numpy values, so they are hidden while it loads and available again after.
+    """
+    import sys
+
+    hidden = [name for name in ("pandas", "numpy") if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # makes ``import name`` raise ImportError
+    try:
+        import sqlite_utils
+    finally:
+        for name in hidden:
+            sys.modules.pop(name, None)
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
 
 DB_NAME = "engine.db"
 
@@ -317,33 +339,37 @@ class Store:
         reads = set(reads)
         c = self.conn
         if "records" in reads:
-            for rid, idx, question, image in c.execute(
+            for row in c.execute(
                 "SELECT rid, idx, question, image FROM record WHERE rid BETWEEN ? AND ?", (lo, hi)
             ):
-                if rid in wanted:
-                    batch.records[rid] = RecordIn(rid, idx, question, image)
+                if row[0] in wanted:
+                    batch.records[row[0]] = RecordIn._make(row)
         if "samples" in reads:
+            samples = batch.samples
             for row in c.execute(
                 "SELECT rid, inner_idx, text, n_tokens, n_words, text_hash FROM sample"
                 " WHERE rid BETWEEN ? AND ? ORDER BY rid, inner_idx", (lo, hi)
             ):
                 if row[0] in wanted:
-                    batch.samples.setdefault(row[0], []).append(SampleRow(*row))
+                    samples.setdefault(row[0], []).append(SampleRow._make(row))
         if "logprobs" in reads:
-            for row in c.execute(
-                "SELECT rid, inner_idx, role, n_tokens, sum, avg, per_token FROM logprob"
-                " WHERE role IN ('instruct', 'reward') AND rid BETWEEN ? AND ?"
-                " ORDER BY role, rid, inner_idx", (lo, hi)
-            ):
-                if row[0] in wanted:
-                    batch.logprobs.setdefault(row[2], {}).setdefault(row[0], []).append(LogprobRow(*row))
+            for role in ("instruct", "reward"):
+                rows: dict[int, list[LogprobRow]] = {}
+                for row in c.execute(
+                    "SELECT rid, inner_idx, role, n_tokens, sum, avg, per_token FROM logprob"
+                    " WHERE role = ? AND rid BETWEEN ? AND ? ORDER BY rid, inner_idx", (role, lo, hi)
+                ):
+                    if row[0] in wanted:
+                        rows.setdefault(row[0], []).append(LogprobRow._make(row))
+                batch.logprobs[role] = rows
         if "rewards" in reads:
+            rewards = batch.rewards
             for row in c.execute(
                 "SELECT rid, inner_idx, sum, avg, min, last FROM reward"
                 " WHERE rid BETWEEN ? AND ? ORDER BY rid, inner_idx", (lo, hi)
             ):
                 if row[0] in wanted:
-                    batch.rewards.setdefault(row[0], []).append(RewardRow(*row))
+                    rewards.setdefault(row[0], []).append(RewardRow._make(row))
         return batch
 
     # ------------------------------------------------------------------ commits

@@ -11,17 +11,21 @@ _WORD = re.compile(rf"[{_CJK}]|[^\s{_CJK}]+")
 
 
 def words(text: str) -> list[str]:
+    if text.isascii():  # no CJK possible: plain whitespace split, 4x faster than the regex
+        return text.split()
     return _WORD.findall(text)
 
 
 def word_count(text: str) -> int:
-    return len(_WORD.findall(text))
+    return len(words(text))
 
 
 def ngram_set(text: str, n: int = 10) -> frozenset:
     """The set of word n-grams of ``text`` (empty when it has fewer than n words)."""
     w = words(text)
-    return frozenset(hash(tuple(w[i : i + n])) for i in range(len(w) - n + 1))
+    if len(w) < n:
+        return frozenset()
+    return frozenset(zip(*[w[i:] for i in range(n)]))
 
 
 def jaccard(a: frozenset, b: frozenset) -> float:

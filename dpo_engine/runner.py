@@ -118,14 +118,14 @@ class Runner:
         later = downstream(self.stages, stage.name)
         errors: list[str] = []
         after = -1
-        model = None
+        model, loaded, busy_before = None, False, 0.0
         while True:
             rids = self.store.pending(stage.name, h, upstream, after=after, limit=size)
             if not rids:
                 break
             after = rids[-1]
-            if model is None:
-                model = self._model_for(stage)
+            if not loaded:  # only a stage with pending work loads its model
+                model, loaded = self._model_for(stage), True
                 busy_before = getattr(model, "model_seconds", 0.0)
             t0 = time.perf_counter()
             outputs = self._process(stage, rids, model)
@@ -138,7 +138,7 @@ class Runner:
             report.tokens += outputs.tokens
             errors.extend(f"record {rid}: {err}" for rid, err in outputs.failed.items())
             self.observer.batch_done(stage.name, len(rids), outputs.tokens, failed)
-        if model is not None:
+        if loaded:
             report.model_seconds = getattr(model, "model_seconds", 0.0) - busy_before
         report.errors = tuple(errors[:20])
 

@@ -34,6 +34,12 @@ def run_and_kill(args, db, stage, at_least, below):
         while time.time() < deadline:
             n = done_count(db, stage)
             if n >= at_least:
+                # Freeze the run (possibly inside a write transaction): status must still answer.
+                proc.send_signal(signal.SIGSTOP)
+                live = json.loads(cli("status", db.parent, "--json").stdout)
+                counts = {x["name"]: x for x in live["stages"]}[stage]
+                assert counts["done"] >= at_least and counts["pending"] > 0
+                assert counts["done"] + counts["pending"] + counts["failed"] == live["records"]["valid"]
                 proc.send_signal(signal.SIGKILL)
                 proc.wait()
                 return n

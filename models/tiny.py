@@ -14,7 +14,8 @@ from pathlib import Path
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
 
-# A small English vocabulary, so that even random weights print words rather than bytes.
+# A small English vocabulary, so that even random weights print words rather than bytes. The
+# words of the shipped prompt templates are added when the tokenizer is built.
 WORDS = """
 a an the this that these those there here is are was were be has have it its of in on at to
 with and or but not no yes one two three four five six many some few several small large big
@@ -25,7 +26,7 @@ describe what which where how many colour color colours colors do you answer que
 background foreground side edge plain bright dark light round flat sharp empty full part also
 each other only both all more less than very quite appears looks shows contains placed drawn
 """.split()
-PUNCTUATION = [".", ",", "?", "!", ":", ";", "'", "-"]
+PUNCTUATION = [".", ",", "?", "!", ":", ";", "'", "-", "###", "{", "}", "\n"]
 TEMPLATE_WORDS = ["user", "assistant"]
 
 CHAT_TEMPLATE = (
@@ -62,17 +63,27 @@ SIZES = {
 }
 
 
+def _template_words() -> list[str]:
+    import re
+
+    from dpo_engine.prompts import QUESTION, SPLIT
+
+    text = (SPLIT.read_text() + QUESTION.read_text()).lower()
+    return sorted(set(re.findall(r"\w+", text)))
+
+
 def build_tokenizer():
     """A word-level fast tokenizer with BOS post-processing, built without any download."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for token in SPECIAL_TOKENS + TEMPLATE_WORDS + PUNCTUATION + WORDS:
+    for token in SPECIAL_TOKENS + TEMPLATE_WORDS + PUNCTUATION + WORDS + _template_words():
         vocab.setdefault(token, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    # Words, runs of punctuation, and newlines (kept: the split/question models answer in lines).
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]

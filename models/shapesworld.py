@@ -1,0 +1,462 @@
+"""Train the five ShapesWorld models offline, in minutes on a CPU, with short torch loops.
+
+* ``instruct``: a tiny LLaVA that answers the world's questions and hallucinates sometimes:
+  a controlled share of its training answers name a wrong object.
+* ``reward``: ``instruct`` further trained with DPO on (faithful, corrupted) answer pairs, so
+  its implicit reward against ``instruct`` prefers faithful answers.
+* ``labeler``: a tiny LLaVA (started from ``instruct``) that answers "... Please answer yes or
+  no." with ``yes``/``no`` according to the image.
+* ``split`` and ``question``: tiny Llama chat models that follow the divide-and-conquer prompt
+  templates and write ``- fact`` / ``- question`` lines.
+
+Every checkpoint is saved with ``save_pretrained`` (config, weights, tokenizer, processor, chat
+template) and loads through the normal adapters. Training is seeded: the same seed on the
+same machine gives the same weights.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from dpo_engine import shapesworld as world
+from dpo_engine.prompts import QUESTION, SPLIT
+
+from .tiny import CHAT_TEMPLATE, build_tokenizer
+from .vlm import quiet_transformers
+
+ROLES = ("instruct", "reward", "labeler", "split", "question")
+HALLUCINATION_SHARE = 0.5
+CELL_WORDS = world.CELLS
+
+
+# ------------------------------------------------------------------------------ oracles
+_MENTION = re.compile(
+    r"\b(no\s+)?(?:a\s+)?(" + "|".join(world.COLOURS) + r")\s+(" + "|".join(world.SHAPES) + r")"
+    r"(?:\s+at\s+the\s+(" + "|".join(CELL_WORDS) + r"))?(?:\s+in\s+the\s+image)?", re.IGNORECASE)
+
+
+def oracle_facts(question: str, answer: str) -> list[str]:
+    """The facts an answer states, as the split model is taught to write them."""
+    asked = world.asked_object(question)
+    words = answer.lower().replace(".", " ").split()
+    if asked is not None and words and words[0] in ("yes", "no"):
+        return [f"there is {'a' if words[0] == 'yes' else 'no'} {asked} in the image ."]
+    facts = []
+    for neg, colour, shape, cell in _MENTION.findall(answer):
+        where = f" at the {cell.lower()}" if cell else ""
+        facts.append(f"there is {'no' if neg else 'a'} {colour.lower()} {shape.lower()}{where} .")
+    return facts
+
+
+def oracle_question(fact: str) -> str:
+    """A fact sentence as a yes/no question, negation kept."""
+    body = fact.strip().rstrip(" .")
+    if body.startswith("there is "):
+        return "is there " + body[len("there is "):] + " ?"
+    return "is it true that " + body + " ?"
+
+
+def fill(template: str, **fields: str) -> str:
+    return template.format(**fields)
+
+
+def split_target(facts: list[str]) -> str:
+    return "### facts:\n" + "".join(f"- {f}\n" for f in facts)
+
+
+def question_target(questions: list[str]) -> str:
+    return "### modified sentences:\n" + "".join(f"- {q}\n" for q in questions)
+
+
+# ------------------------------------------------------------------------------ building blocks
+def _vlm_config(tokenizer):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
+
+    vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, image_size=world.SIZE, patch_size=16,
+                              projection_dim=64)
+    text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                       max_position_embeddings=512, bos_token_id=tokenizer.bos_token_id,
+                       eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                       tie_word_embeddings=False)
+    return LlavaConfig(vision_config=vision, text_config=text,
+                       image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+                       vision_feature_select_strategy="default", vision_feature_layer=-1)
+
+
+def _processor(tokenizer):
+    from transformers import CLIPImageProcessorPil, LlavaProcessor
+
+    image_processor = CLIPImageProcessorPil(size={"shortest_edge": world.SIZE},
+                                            crop_size={"height": world.SIZE, "width": world.SIZE})
+    return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
+                          patch_size=16, vision_feature_select_strategy="default",
+                          num_additional_image_tokens=1)
+
+
+def _save(model, saver, out: Path, role: str, seed: int, log) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    model.generation_config.pad_token_id = saver.tokenizer.pad_token_id if hasattr(saver, "tokenizer") \
+        else saver.pad_token_id
+    model.save_pretrained(out)
+    saver.save_pretrained(out)
+    (out / "dpo_engine_tiny.json").write_text(json.dumps({"world": "shapesworld", "role": role, "seed": seed}))
+    log(f"saved {role} to {out}")
+    return out
+
+
+class _VlmData:
+    """A pool of rendered scenes with their pixel values and prompt token ids."""
+
+    def __init__(self, processor, rng: random.Random, n: int, question_fn: Callable[[world.Scene], str]):
+        import io
+
+        from PIL import Image
+
+        tok = processor.tokenizer
+        self.tok = tok
+        self.scenes, self.questions, images = [], [], []
+        self.prompt_ids = []
+        n_image_tokens = (world.SIZE // 16) ** 2
+        for _ in range(n):
+            scene = world.random_scene(rng)
+            question = question_fn(scene)
+            self.scenes.append(scene)
+            self.questions.append(question)
+            images.append(Image.open(io.BytesIO(world.render(scene, rng))).convert("RGB"))
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+            prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            # What the processor does to the text, without its per-call overhead.
+            prompt = prompt.replace("<image>", "<image>" * n_image_tokens)
+            self.prompt_ids.append(tok(prompt)["input_ids"])
+        self.pixels = processor.image_processor(images, return_tensors="pt")["pixel_values"]
+
+    def batch(self, items: list[int], answers: list[str]):
+        ids, labels = [], []
+        for i, text in zip(items, answers):
+            a = self.tok(text, add_special_tokens=False)["input_ids"] + [self.tok.eos_token_id]
+            ids.append(self.prompt_ids[i] + a)
+            labels.append([-100] * len(self.prompt_ids[i]) + a)
+        return _pad(ids, labels, self.tok.pad_token_id) + (self.pixels[items],)
+
+
+def _pad(ids, labels, pad_id):
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), pad_id, dtype=torch.long)
+    label_t = torch.full((len(ids), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for r, (x, y) in enumerate(zip(ids, labels)):
+        input_ids[r, : len(x)] = torch.tensor(x)
+        label_t[r, : len(y)] = torch.tensor(y)
+        mask[r, : len(x)] = 1
+    return input_ids, mask, label_t
+
+
+def _sequence_logps(model, input_ids, mask, labels, pixels=None):
+    kw = {"pixel_values": pixels} if pixels is not None else {}
+    logits = model(input_ids=input_ids, attention_mask=mask, **kw).logits[:, :-1].float()
+    target = labels[:, 1:]
+    valid = target != -100
+    logp = torch.log_softmax(logits, -1).gather(2, target.clamp(min=0)[..., None])[..., 0]
+    return (logp * valid).sum(-1)
+
+
+def _train(model, steps: int, lr: float, make_loss: Callable[[int], torch.Tensor], log, name: str):
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 20) * max(0.05, 1 - s / steps))
+    model.train()
+    t0 = time.perf_counter()
+    for step in range(steps):
+        loss = make_loss(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if step % max(1, steps // 4) == 0 or step == steps - 1:
+            log(f"  {name} step {step + 1}/{steps} loss {loss.item():.4f} ({time.perf_counter() - t0:.0f}s)")
+    model.eval()
+
+
+def _pretrain_vision(model, data: _VlmData, seed: int, log, steps: int = 300) -> None:
+    """Teach the vision tower and projector what is in each quadrant (colour, shape) through
+    two linear heads that are thrown away afterwards, as a real VLM starts from a pretrained
+    vision encoder. Without it the captioning loss sits at chance for hundreds of steps."""
+    colours, shapes = list(world.COLOURS), list(world.SHAPES)
+    grid = world.SIZE // 16
+    quads = torch.tensor([[r * grid + c for r in range(q // 2 * 2, q // 2 * 2 + 2) for c in range(q % 2 * 2, q % 2 * 2 + 2)]
+                          for q in range(4)])
+    colour_t = torch.full((len(data.scenes), 4), len(colours))
+    shape_t = torch.full((len(data.scenes), 4), len(shapes))
+    for i, scene in enumerate(data.scenes):
+        for o in scene.objects:
+            colour_t[i, o.cell] = colours.index(o.colour)
+            shape_t[i, o.cell] = shapes.index(o.shape)
+    width = quads.shape[1] * model.config.text_config.hidden_size
+    colour_head, shape_head = torch.nn.Linear(width, len(colours) + 1), torch.nn.Linear(width, len(shapes) + 1)
+    params = [*model.model.vision_tower.parameters(), *model.model.multi_modal_projector.parameters(),
+              *colour_head.parameters(), *shape_head.parameters()]
+    opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=0.0)
+    gen = torch.Generator().manual_seed(seed)
+    for step in range(steps):
+        idx = torch.randint(0, len(data.scenes), (64,), generator=gen)
+        feats = torch.stack(list(model.model.get_image_features(pixel_values=data.pixels[idx]).pooler_output))
+        per_quad = feats[:, quads].flatten(2)
+        loss = (F.cross_entropy(colour_head(per_quad).flatten(0, 1), colour_t[idx].flatten())
+                + F.cross_entropy(shape_head(per_quad).flatten(0, 1), shape_t[idx].flatten()))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    log(f"  vision pretraining: {steps} steps, loss {loss.item():.4f}")
+
+
+def _instruct_answer(scene: world.Scene, question: str, rng: random.Random, share: float) -> str:
+    """A training answer: faithful, or (with probability ``share``) about a corrupted scene."""
+    if rng.random() < share:
+        return world.wrong_answer(scene, question, rng)
+    return world.answer(scene, question)
+
+
+def _mixed_question(rng: random.Random) -> Callable[[world.Scene], str]:
+    return lambda scene: world.questions_for(scene, rng, yes_no_share=0.25)
+
+
+# ------------------------------------------------------------------------------ the roles
+def train_instruct(out: Path, seed: int, log, steps: int = 500) -> Path:
+    from transformers import LlavaForConditionalGeneration
+
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    tok = build_tokenizer()
+    processor = _processor(tok)
+    data = _VlmData(processor, rng, 2500, _mixed_question(rng))
+    model = LlavaForConditionalGeneration(_vlm_config(tok))
+    _pretrain_vision(model, data, seed, log)
+
+    clean_steps = steps * 3 // 5
+
+    def loss(step):
+        # Faithful answers first (learning to read the image), then the hallucinating mix.
+        share = 0.0 if step < clean_steps else HALLUCINATION_SHARE
+        items = [rng.randrange(len(data.scenes)) for _ in range(48)]
+        answers = [_instruct_answer(data.scenes[i], data.questions[i], rng, share) for i in items]
+        ids, mask, labels, pixels = data.batch(items, answers)
+        return model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
+
+    _train(model, steps, 1e-3, loss, log, "instruct")
+    return _save(model, processor, out, "instruct", seed, log)
+
+
+def train_reward(instruct: Path, out: Path, seed: int, log, steps: int = 250, beta: float = 0.1) -> Path:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    rng = random.Random(seed + 1)
+    torch.manual_seed(seed + 1)
+    processor = AutoProcessor.from_pretrained(instruct)
+    reference = LlavaForConditionalGeneration.from_pretrained(instruct).eval()
+    policy = copy.deepcopy(reference)
+    for p in reference.parameters():
+        p.requires_grad_(False)
+    data = _VlmData(processor, rng, 1500, _mixed_question(rng))
+
+    def loss(step):
+        items = [rng.randrange(len(data.scenes)) for _ in range(32)]
+        good = [world.answer(data.scenes[i], data.questions[i]) for i in items]
+        bad = [world.wrong_answer(data.scenes[i], data.questions[i], rng) for i in items]
+        ids, mask, labels, pixels = data.batch(items + items, good + bad)
+        with torch.no_grad():
+            ref = _sequence_logps(reference, ids, mask, labels, pixels)
+        pol = _sequence_logps(policy, ids, mask, labels, pixels)
+        margin = (pol - ref)[:32] - (pol - ref)[32:]
+        # DPO, plus the chosen answers' NLL per token (as in RPO) to keep them likely.
+        n_tokens = (labels[:32] != -100).sum(-1).clamp(min=1)
+        return -F.logsigmoid(beta * margin).mean() - (pol[:32] / n_tokens).mean()
+
+    _train(policy, steps, 5e-4, loss, log, "reward (DPO)")
+    return _save(policy, processor, out, "reward", seed, log)
+
+
+def labeler_question(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
+    """A yes/no check question about the scene (as the question model writes them) and its
+    true answer."""
+    names = scene.names()
+    pick_present = rng.random() < 0.5
+    if pick_present:
+        o = rng.choice(scene.objects)
+        colour, shape = o.colour, o.shape
+    else:
+        while True:
+            colour, shape = rng.choice(list(world.COLOURS)), rng.choice(world.SHAPES)
+            if f"{colour} {shape}" not in names:
+                break
+    form = rng.random()
+    if form < 0.45:
+        q, truth = f"is there a {colour} {shape} in the image ?", pick_present
+    elif form < 0.9:
+        cell = rng.randrange(4)
+        at = any(o.colour == colour and o.shape == shape and o.cell == cell for o in scene.objects)
+        if pick_present and rng.random() < 0.6:  # mostly the right cell, so "yes" is common
+            cell = next(o.cell for o in scene.objects if o.colour == colour and o.shape == shape)
+            at = True
+        q, truth = f"is there a {colour} {shape} at the {world.CELLS[cell]} ?", at
+    else:
+        q, truth = f"is there no {colour} {shape} in the image ?", not pick_present
+    return q + world.YES_NO_SUFFIX, "yes" if truth else "no"
+
+
+def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 300) -> Path:
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    rng = random.Random(seed + 2)
+    torch.manual_seed(seed + 2)
+    processor = AutoProcessor.from_pretrained(instruct)
+    model = LlavaForConditionalGeneration.from_pretrained(instruct)
+    qa: dict[int, tuple[str, str]] = {}
+
+    def question_fn(scene):
+        q, a = labeler_question(scene, rng)
+        qa[len(qa)] = (q, a)
+        return q
+
+    data = _VlmData(processor, rng, 2000, question_fn)
+
+    def loss(step):
+        items = [rng.randrange(len(data.scenes)) for _ in range(48)]
+        ids, mask, labels, pixels = data.batch(items, [qa[i][1] for i in items])
+        return model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
+
+    _train(model, steps, 2e-3, loss, log, "labeler")
+    return _save(model, processor, out, "labeler", seed, log)
+
+
+def _text_model(tokenizer, seed: int):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
+                         num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         tie_word_embeddings=False)
+    return LlamaForCausalLM(config)
+
+
+def _sample_answer(rng: random.Random) -> tuple[str, str]:
+    """A (question, answer) pair shaped like the instruct model's outputs, with the
+    punctuation spacing our decoder produces."""
+    scene = world.random_scene(rng)
+    question = world.questions_for(scene, rng, yes_no_share=0.25)
+    text = _instruct_answer(scene, question, rng, 0.4)
+    return question, text.replace(" .", ".").replace(" ,", ",")
+
+
+def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Callable[[], tuple[str, str]]) -> Path:
+    rng_seed = seed + (3 if role == "split" else 4)
+    torch.manual_seed(rng_seed)
+    tok = build_tokenizer()
+    tok.chat_template = CHAT_TEMPLATE
+    model = _text_model(tok, rng_seed)
+
+    def loss(step):
+        ids, labels = [], []
+        for _ in range(32):
+            prompt, target = example()
+            p = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                        tokenize=False)
+            p_ids = tok(p)["input_ids"]
+            t_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+            ids.append(p_ids + t_ids)
+            labels.append([-100] * len(p_ids) + t_ids)
+        input_ids, mask, label_t = _pad(ids, labels, tok.pad_token_id)
+        return model(input_ids=input_ids, attention_mask=mask, labels=label_t).loss
+
+    _train(model, steps, 3e-3, loss, log, role)
+    return _save(model, tok, out, role, seed, log)
+
+
+def train_split(out: Path, seed: int, log, steps: int = 500) -> Path:
+    rng = random.Random(seed + 3)
+    template = SPLIT.read_text()
+
+    def example():
+        question, answer = _sample_answer(rng)
+        return fill(template, question=question, answer=answer), split_target(oracle_facts(question, answer))
+
+    return _train_text("split", out, seed, log, steps, example)
+
+
+def train_question(out: Path, seed: int, log, steps: int = 400) -> Path:
+    rng = random.Random(seed + 4)
+    template = QUESTION.read_text()
+
+    def example():
+        question, answer = _sample_answer(rng)
+        facts = oracle_facts(question, answer) or ["there is a red circle ."]
+        text = "\n".join(f"- {f}" for f in facts)
+        return fill(template, facts=text), question_target([oracle_question(f) for f in facts])
+
+    return _train_text("question", out, seed, log, steps, example)
+
+
+def build_world_models(root: str | Path, *, roles: tuple[str, ...] = ROLES, seed: int = 0,
+                       log: Callable[[str], None] = lambda m: None) -> dict[str, Path]:
+    """Train the requested roles into ``root/<role>/`` (a role already there is kept)."""
+    quiet_transformers()
+    root = Path(root)
+    paths = {role: root / role for role in ROLES}
+    done = {role for role in ROLES if (paths[role] / "dpo_engine_tiny.json").exists()}
+    needed = set(roles)
+    if needed & {"reward", "labeler"}:
+        needed.add("instruct")
+    for role in ROLES:
+        if role not in needed or role in done:
+            continue
+        log(f"training the ShapesWorld {role} model")
+        if role == "instruct":
+            train_instruct(paths[role], seed, log)
+        elif role == "reward":
+            train_reward(paths["instruct"], paths[role], seed, log)
+        elif role == "labeler":
+            train_labeler(paths["instruct"], paths[role], seed, log)
+        elif role == "split":
+            train_split(paths[role], seed, log)
+        else:
+            train_question(paths[role], seed, log)
+    return {role: paths[role] for role in roles}
+
+
+def sample_quality(path: str | Path, n: int = 48, k: int = 10, seed: int = 123,
+                   temperature: float = 0.7) -> dict:
+    """Sample answers from a ShapesWorld VLM through the normal adapter and read them:
+    the share of answers with a hallucination, and of records with both kinds."""
+    import io
+
+    from PIL import Image
+
+    from .vlm import ImageTextModel
+
+    rng = random.Random(seed)
+    model = ImageTextModel(path, device="cpu")
+    scenes = [world.random_scene(rng) for _ in range(n)]
+    questions = [world.questions_for(s, rng, yes_no_share=0.25) for s in scenes]
+    images = [Image.open(io.BytesIO(world.render(s, rng))).convert("RGB") for s in scenes]
+    gens = model.generate(images, questions, keys=list(range(n)), k=k, max_new_tokens=40,
+                          temperature=temperature, seed=seed)
+    halluc = mixed = 0
+    for scene, q, answers in zip(scenes, questions, gens):
+        flags = [world.read(q, g.text, scene).hallucinations > 0 for g in answers]
+        halluc += sum(flags)
+        mixed += any(flags) and not all(flags)
+    return {"hallucinated_share": halluc / (n * k), "mixed_records": mixed / n,
+            "example": gens[0][0].text}

@@ -214,9 +214,9 @@ def read(question: str, text: str, scene: Scene) -> Reading:
     """Count an answer's hallucinations and omissions against the scene's truth.
 
     For a yes/no question, "yes" about an absent object is a hallucination and "no" about a
-    present one an omission. For any other question, each distinct object named that is not
-    in the image, or named at a place where it is not, is a hallucination, and each object of
-    the image never named is an omission."""
+    present one an omission. For any other question, every mention of an object that the image
+    does not hold (a wrong colour or shape, a wrong place, or one more of it than there is) is
+    a hallucination, and each object of the image never named is an omission."""
     truth = scene.names()
     asked = asked_object(question)
     if asked is not None:
@@ -225,10 +225,25 @@ def read(question: str, text: str, scene: Scene) -> Reading:
         said_no = "no" in words and "yes" not in words
         present = asked in truth
         return Reading(int(said_yes and not present), int(said_no and present))
-    where = {o.name: CELLS[o.cell] for o in scene.objects}
-    wrong = {(name, cell) for name, cell in mentions(text)
-             if name not in truth or (cell is not None and where[name] != cell)}
-    return Reading(len(wrong), len(truth - named_objects(text)))
+    # Each mention claims one object: match it to an object of the image (at its place, when
+    # a place is named), each object used once. What stays unmatched is not in the image.
+    found = mentions(text)
+    unused = {(o.name, CELLS[o.cell]) for o in scene.objects}
+    placed = [m for m in found if m[1] is not None]
+    loose = [m for m in found if m[1] is None]
+    wrong = 0
+    for name, cell in placed:
+        if (name, cell) in unused:
+            unused.discard((name, cell))
+        else:
+            wrong += 1
+    for name, _ in loose:
+        match = next((u for u in sorted(unused) if u[0] == name), None)
+        if match is None:
+            wrong += 1
+        else:
+            unused.discard(match)
+    return Reading(wrong, len(truth - named_objects(text)))
 
 
 def write_dataset(path: str | Path, n: int, seed: int = 0, yes_no_share: float = 0.25) -> Path:

@@ -223,6 +223,8 @@ def _pretrain_vision(model, data: _VlmData, seed: int, log, steps: int = 300) ->
 
 def _instruct_answer(scene: world.Scene, question: str, rng: random.Random, share: float) -> str:
     """A training answer: faithful, or (with probability ``share``) about a corrupted scene."""
+    if world.asked_object(question) is not None:
+        share /= 2  # yes/no answers flip less, so the instruct model still reads the image for them
     if rng.random() < share:
         return world.wrong_answer(scene, question, rng)
     return world.answer(scene, question)
@@ -268,7 +270,8 @@ def train_reward(instruct: Path, out: Path, seed: int, log, steps: int = 250, be
     policy = copy.deepcopy(reference)
     for p in reference.parameters():
         p.requires_grad_(False)
-    data = _VlmData(processor, rng, 1500, _mixed_question(rng))
+    # Half yes/no questions: their one-token answers give DPO the least signal per pair.
+    data = _VlmData(processor, rng, 1500, lambda scene: world.questions_for(scene, rng, yes_no_share=0.5))
 
     def loss(step):
         items = [rng.randrange(len(data.scenes)) for _ in range(32)]

@@ -235,16 +235,17 @@ def _mixed_question(rng: random.Random) -> Callable[[world.Scene], str]:
 
 
 # ------------------------------------------------------------------------------ the roles
-def train_instruct(out: Path, seed: int, log, steps: int = 500) -> Path:
+def train_instruct(out: Path, seed: int, log, steps: int = 500, pool: int = 2500,
+                   pretrain_steps: int = 300) -> Path:
     from transformers import LlavaForConditionalGeneration
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
     tok = build_tokenizer()
     processor = _processor(tok)
-    data = _VlmData(processor, rng, 2500, _mixed_question(rng))
+    data = _VlmData(processor, rng, pool, _mixed_question(rng))
     model = LlavaForConditionalGeneration(_vlm_config(tok))
-    _pretrain_vision(model, data, seed, log)
+    _pretrain_vision(model, data, seed, log, pretrain_steps)
 
     clean_steps = steps * 3 // 5
 
@@ -260,7 +261,8 @@ def train_instruct(out: Path, seed: int, log, steps: int = 500) -> Path:
     return _save(model, processor, out, "instruct", seed, log)
 
 
-def train_reward(instruct: Path, out: Path, seed: int, log, steps: int = 250, beta: float = 0.1) -> Path:
+def train_reward(instruct: Path, out: Path, seed: int, log, steps: int = 250, beta: float = 0.1,
+                 pool: int = 1500) -> Path:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     rng = random.Random(seed + 1)
@@ -271,7 +273,7 @@ def train_reward(instruct: Path, out: Path, seed: int, log, steps: int = 250, be
     for p in reference.parameters():
         p.requires_grad_(False)
     # Half yes/no questions: their one-token answers give DPO the least signal per pair.
-    data = _VlmData(processor, rng, 1500, lambda scene: world.questions_for(scene, rng, yes_no_share=0.5))
+    data = _VlmData(processor, rng, pool, lambda scene: world.questions_for(scene, rng, yes_no_share=0.5))
 
     def loss(step):
         items = [rng.randrange(len(data.scenes)) for _ in range(32)]
@@ -318,7 +320,7 @@ def labeler_question(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
     return q + world.YES_NO_SUFFIX, "yes" if truth else "no"
 
 
-def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 300) -> Path:
+def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 300, pool: int = 2000) -> Path:
     from transformers import AutoProcessor, LlavaForConditionalGeneration
 
     rng = random.Random(seed + 2)
@@ -332,14 +334,14 @@ def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 300) -
         qa[len(qa)] = (q, a)
         return q
 
-    data = _VlmData(processor, rng, 2000, question_fn)
+    data = _VlmData(processor, rng, pool, question_fn)
 
     def loss(step):
         items = [rng.randrange(len(data.scenes)) for _ in range(48)]
         ids, mask, labels, pixels = data.batch(items, [qa[i][1] for i in items])
         return model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
 
-    _train(model, steps, 2e-3, loss, log, "labeler")
+    _train(model, steps, 5e-4, loss, log, "labeler")
     return _save(model, processor, out, "labeler", seed, log)
 
 
@@ -373,7 +375,7 @@ def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Calla
 
     def loss(step):
         ids, labels = [], []
-        for _ in range(32):
+        for _ in range(16):
             prompt, target = example()
             p = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
                                         tokenize=False)
@@ -384,11 +386,11 @@ def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Calla
         input_ids, mask, label_t = _pad(ids, labels, tok.pad_token_id)
         return model(input_ids=input_ids, attention_mask=mask, labels=label_t).loss
 
-    _train(model, steps, 3e-3, loss, log, role)
+    _train(model, steps, 1e-3, loss, log, role)
     return _save(model, tok, out, role, seed, log)
 
 
-def train_split(out: Path, seed: int, log, steps: int = 500) -> Path:
+def train_split(out: Path, seed: int, log, steps: int = 600) -> Path:
     rng = random.Random(seed + 3)
     template = SPLIT.read_text()
 

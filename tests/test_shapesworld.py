@@ -1,0 +1,113 @@
+"""ShapesWorld: what is drawn is the truth, the reader reads answers right, the models are
+real checkpoints, and the demo's pairs prefer faithful answers."""
+
+import io
+import json
+import random
+import sqlite3
+
+import pytest
+from PIL import Image
+
+from conftest import cli
+from dpo_engine import shapesworld as w
+
+
+def test_rendered_images_hold_exactly_the_truth():
+    rng = random.Random(1)
+    for _ in range(200):
+        scene = w.random_scene(rng)
+        image = Image.open(io.BytesIO(w.render(scene, rng))).convert("RGB")
+        by_cell = {o.cell: o for o in scene.objects}
+        for cell in range(4):
+            centre = ((cell % 2) * 32 + 16, (cell // 2) * 32 + 16)
+            pixel = image.getpixel(centre)
+            if cell in by_cell:
+                assert pixel == w.COLOURS[by_cell[cell].colour]
+            else:
+                assert pixel == (240, 240, 240)
+        assert len(scene.names()) == len(scene.objects)
+
+
+def test_dataset_carries_its_truth(tmp_path):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(w.write_dataset(tmp_path / "d.parquet", 20, seed=3)).to_pylist()
+    for row in table:
+        scene = w.Scene.from_json(row["truth"])
+        image = Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
+        for o in scene.objects:
+            assert image.getpixel(((o.cell % 2) * 32 + 16, (o.cell // 2) * 32 + 16)) == w.COLOURS[o.colour]
+
+
+def test_reader_counts_hallucinations_and_omissions():
+    scene = w.Scene((w.Obj(1, "blue", "square"), w.Obj(3, "red", "circle")))
+    cases = {
+        "there is a blue square at the top right and a red circle at the bottom right.": (0, 0),
+        "i see a blue square and a red circle.": (0, 0),
+        "i see a blue square.": (0, 1),
+        "i see a green square and a red circle.": (1, 1),
+        "there is a blue square at the top left and a red circle at the bottom right.": (1, 0),
+        "i see a blue square, a blue square and a red circle.": (1, 0),
+        "yellow triangles everywhere": (1, 2),
+    }
+    for text, expected in cases.items():
+        r = w.read(w.DESCRIBE, text, scene)
+        assert (r.hallucinations, r.omissions) == expected, text
+    assert w.read(w.yes_no_question("red circle"), "yes.", scene) == w.Reading(0, 0)
+    assert w.read(w.yes_no_question("red circle"), "no.", scene) == w.Reading(0, 1)
+    assert w.read(w.yes_no_question("green circle"), "Yes.", scene) == w.Reading(1, 0)
+
+
+def test_faithful_answers_read_clean_and_wrong_answers_do_not():
+    rng = random.Random(2)
+    for _ in range(3000):
+        scene = w.random_scene(rng)
+        q = w.questions_for(scene, rng)
+        for text in (w.answer(scene, q), w.answer(scene, q).replace(" .", ".")):
+            assert w.read(q, text, scene) == w.Reading(0, 0)
+        wrong = w.read(q, w.wrong_answer(scene, q, rng), scene)
+        assert wrong.hallucinations + wrong.omissions > 0
+
+
+def test_trained_checkpoints_load_through_the_normal_adapters(tmp_path):
+    from models.family import detect_family
+    from models.shapesworld import oracle_facts, oracle_question, train_instruct, train_split
+    from models.vlm import ImageTextModel
+
+    quiet = lambda line: None  # noqa: E731
+    a = train_instruct(tmp_path / "a", seed=5, log=quiet, steps=3, pool=32, pretrain_steps=2)
+    b = train_instruct(tmp_path / "b", seed=5, log=quiet, steps=3, pool=32, pretrain_steps=2)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()  # seeded
+    assert detect_family(a).kind == "image-text-to-text"
+    model = ImageTextModel(a, device="cpu")
+    scene = w.random_scene(random.Random(0))
+    image = Image.open(io.BytesIO(w.render(scene))).convert("RGB")
+    (gens,) = model.generate([image], [w.DESCRIBE], keys=[0], k=2, max_new_tokens=8, temperature=0.7, seed=0)
+    assert len(gens) == 2
+    split = train_split(tmp_path / "split", seed=5, log=quiet, steps=2)
+    assert detect_family(split).kind == "causal-lm"
+    facts = oracle_facts(w.DESCRIBE, "there is a red circle at the top left and a blue square at the bottom right.")
+    assert facts == ["there is a red circle at the top left .", "there is a blue square at the bottom right ."]
+    assert oracle_question(facts[0]) == "is there a red circle at the top left ?"
+    assert oracle_facts(w.yes_no_question("red circle"), "no.") == ["there is no red circle in the image ."]
+
+
+@pytest.mark.timeout(900)
+def test_demo_pairs_prefer_faithful_answers(tmp_path):
+    work = tmp_path / "demo"
+    summary = json.loads(cli("demo", work, "--records", "40", "--json").stdout.splitlines()[-1])
+    quality = json.loads((work / "quality.json").read_text())["dpo_reward"]
+    assert quality == summary["quality"]
+    assert quality["pairs"] >= 20
+    assert quality["pair_accuracy"] >= 0.75
+    assert quality["pair_accuracy"] >= quality["random_baseline"] + 0.2
+    con = sqlite3.connect(work / "engine.db")
+    texts = [t for (t,) in con.execute("SELECT text FROM sample")]
+    truths = dict(con.execute("SELECT rid, json_extract(extra, '$.truth') FROM record"))
+    vocabulary = set("there is a at the and i see top bottom left right".split()) | set(w.SHAPES) | set(w.COLOURS)
+    words = [t for text in texts for t in text.replace(".", " ").replace(",", " ").split()]
+    assert sum(t in vocabulary for t in words) / len(words) > 0.95  # English about shapes
+    readings = [w.read(q, t, w.Scene.from_json(truths[rid])) for rid, q, t in con.execute(
+        "SELECT s.rid, r.question, s.text FROM sample s JOIN record r USING (rid)")]
+    assert any(r.hallucinations for r in readings) and any(r == w.Reading(0, 0) for r in readings)

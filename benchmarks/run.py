@@ -39,7 +39,7 @@ def log(msg: str) -> None:
 def model_figures(tmp: Path, quick: bool) -> dict:
     import torch
 
-    from dpo_engine.demo import write_demo_dataset
+    from dpo_engine.shapesworld import write_dataset
     from dpo_engine.dataset import decode_image, iter_records, open_dataset
     from models.tiny import build_tiny_llava
     from models.vlm import ImageTextModel
@@ -49,7 +49,7 @@ def model_figures(tmp: Path, quick: bool) -> dict:
     model = ImageTextModel(path, device="auto")
     params = sum(p.numel() for p in model.model.parameters())
     n, k, new = (8, 10, 32) if quick else (24, 10, 64)
-    data = write_demo_dataset(tmp / "bench.parquet", n=n)
+    data = write_dataset(tmp / "bench.parquet", n=n)
     recs = list(iter_records(open_dataset(data)))
     images = [decode_image(r.image) for r in recs]
     questions = [r.question for r in recs]
@@ -92,7 +92,7 @@ def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
 
     from dpo_engine.config import RunConfig, model_fingerprint
     from dpo_engine.dataset import open_dataset
-    from dpo_engine.demo import write_demo_dataset
+    from dpo_engine.shapesworld import write_dataset
     from dpo_engine.export import export
     from dpo_engine.ingest import ingest
     from dpo_engine.pipelines import stage_hashes
@@ -101,7 +101,7 @@ def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
     from stages import build_pipeline
 
     n = 16 if quick else 48
-    data = write_demo_dataset(tmp / "overhead.parquet", n=n, seed=3)
+    data = write_dataset(tmp / "overhead.parquet", n=n, seed=3)
     work = tmp / "overhead-run"
     config = RunConfig(pipeline="dpo_reward", dataset=str(data), work_dir=str(work),
                        instruct_model=model_path, reward_model=model_path, sample_k=10,

@@ -16,7 +16,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from dpo_engine.demo import draw_shapes, write_demo_dataset  # noqa: E402
+from dpo_engine import shapesworld  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,14 +33,14 @@ def tiny_models(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def demo_parquet(tmp_path_factory) -> Path:
-    return write_demo_dataset(tmp_path_factory.mktemp("data") / "demo.parquet", n=12)
+    return shapesworld.write_dataset(tmp_path_factory.mktemp("data") / "demo.parquet", n=12)
 
 
 def shapes_rows(n: int, seed: int = 0, prefix: str = "r") -> list[dict]:
     rng = random.Random(seed)
     rows = []
     for i in range(n):
-        data, _ = draw_shapes(rng)
+        data = shapesworld.render(shapesworld.random_scene(rng), rng)
         rows.append({"idx": f"{prefix}{i}", "question": "Describe the image.",
                      "image": {"bytes": data, "path": f"{prefix}{i}.png"}, "ds_name": "t"})
     return rows

@@ -15,9 +15,6 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-PIPELINES = ("dpo_reward",)  # divide_and_conquer arrives with its own issue
-
-
 @dataclass(frozen=True)
 class RunConfig:
     pipeline: str
@@ -44,6 +41,8 @@ class RunConfig:
     model_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def validate(self) -> None:
+        from .pipelines import PIPELINES  # pipelines imports this module: import here
+
         if self.pipeline not in PIPELINES:
             raise ConfigError(f"unknown pipeline {self.pipeline!r}", f"use one of {', '.join(PIPELINES)}")
         checks = [

@@ -57,3 +57,14 @@ def test_a_failing_record_fails_alone_and_is_retried_next_run(tmp_path):
     assert (again.computed, again.reused, again.failed) == (1, 5, 0)
     state = store.conn.execute("SELECT status, attempts, error FROM stage_state WHERE rid = 2").fetchone()
     assert state == ("done", 2, None)
+
+
+def test_settings_are_checked_before_anything_runs():
+    import pytest
+
+    from dpo_engine.errors import ConfigError
+
+    for bad in (dict(pipeline="no_such_pipeline"), dict(sample_k=1), dict(reward_model=None)):
+        with pytest.raises(ConfigError):
+            RunConfig(**{**dict(pipeline="dpo_reward", dataset="d", work_dir="w", instruct_model="i",
+                                reward_model="r"), **bad}).validate()

@@ -22,6 +22,19 @@ class RunConfig:
     work_dir: str
     instruct_model: str
     reward_model: str | None = None
+    # divide_and_conquer: the labeler VLM, the split and question-change text models, and
+    # the prompt template files (None: the templates shipped in dpo_engine/prompts).
+    labeler_model: str | None = None
+    split_model: str | None = None
+    question_model: str | None = None
+    split_prompt: str | None = None
+    question_prompt: str | None = None
+    chat_temperature: float = 0.2  # split and question-change decoding
+    chat_top_p: float = 0.9
+    chat_max_new_tokens: int = 256
+    prompt_words: int = 300  # split/question prompts are cut to their first N words
+    score_gap: int = 1  # dnc pairs need scores at least this far apart
+    pairs_per_question: int = 2  # dnc pairs kept per (image, question), chosen with the seed
     sample_k: int = 10
     temperature: float = 0.7
     max_new_tokens: int = 512
@@ -60,6 +73,26 @@ class RunConfig:
         if self.pipeline == "dpo_reward" and not self.reward_model:
             raise ConfigError("the dpo_reward pipeline needs --reward-model",
                               "pass the folder of a DPO-trained reward VLM")
+        if self.pipeline == "divide_and_conquer":
+            missing = [flag for flag, value in (("--labeler-model", self.labeler_model),
+                                                ("--split-model", self.split_model),
+                                                ("--question-model", self.question_model)) if not value]
+            if missing:
+                raise ConfigError(f"the divide_and_conquer pipeline needs {', '.join(missing)}",
+                                  "or pass all three as --reward_model_path labeler,changeq,split")
+            for flag, path in (("--split-prompt", self.split_prompt), ("--question-prompt", self.question_prompt)):
+                if path and not Path(path).is_file():
+                    raise ConfigError(f"{flag} {path} is not a file")
+            more = [
+                (self.chat_max_new_tokens >= 1, "the split/question max new tokens must be >= 1"),
+                (self.prompt_words >= 1, "the prompt word limit must be >= 1"),
+                (0 < self.chat_top_p <= 1, "the split/question top-p must be in (0, 1]"),
+                (self.score_gap >= 1, "the score gap must be >= 1"),
+                (self.pairs_per_question >= 1, "pairs per question must be >= 1"),
+            ]
+            for ok, message in more:
+                if not ok:
+                    raise ConfigError(message)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

@@ -11,6 +11,7 @@ from .config import settings_hash
 # Run order. logps_instruct runs right after sample so the instruct model stays loaded.
 PIPELINES: dict[str, tuple[str, ...]] = {
     "dpo_reward": ("sample", "logps_instruct", "logps_reward", "reward", "pair", "filter"),
+    "divide_and_conquer": ("sample", "split", "questions", "check", "score", "pair", "filter"),
 }
 
 

@@ -151,9 +151,5 @@ class Runner:
                 return Outputs(failed={rids[0]: f"{type(exc).__name__}: {exc}"[:500]})
         merged = Outputs()
         for rid in rids:  # find the record(s) at fault; the others still get done
-            one = self._process(stage, [rid], model)
-            for name in ("samples", "logprobs", "rewards", "pairs"):
-                getattr(merged, name).extend(getattr(one, name))
-            merged.failed.update(one.failed)
-            merged.tokens += one.tokens
+            merged.merge(self._process(stage, [rid], model))
         return merged

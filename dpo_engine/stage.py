@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 # What a stage may read. The runner fills a Batch with exactly these.
-READS = ("records", "samples", "logprobs", "rewards")
+READS = ("records", "samples", "logprobs", "rewards", "facts", "questions", "judgments", "scores")
 
 
 class RecordIn(NamedTuple):
@@ -59,6 +59,52 @@ class PairRow(NamedTuple):
     rejected: int
 
 
+class FactRow(NamedTuple):
+    """One fact the split model found in an answer (``ord`` counts from 0 per answer)."""
+
+    rid: int
+    inner_idx: int
+    ord: int
+    text: str
+
+
+class QuestionRow(NamedTuple):
+    """A fact turned into a yes/no check question (suffix included)."""
+
+    rid: int
+    inner_idx: int
+    ord: int
+    text: str
+
+
+class JudgmentRow(NamedTuple):
+    """The labeler's first-token probabilities for one check question."""
+
+    rid: int
+    inner_idx: int
+    ord: int
+    p_yes: float
+    p_no: float
+
+
+class ScoreRow(NamedTuple):
+    """divide_and_conquer score of an answer: -(claims judged false)."""
+
+    rid: int
+    inner_idx: int
+    score: int
+    n_claims: int
+
+
+class NoteRow(NamedTuple):
+    """Why a stage produced nothing usable for one answer (kept, counted by ``status``)."""
+
+    stage: str
+    rid: int
+    inner_idx: int
+    reason: str
+
+
 @dataclass
 class Batch:
     rids: list[int]
@@ -66,6 +112,10 @@ class Batch:
     samples: dict[int, list[SampleRow]] = field(default_factory=dict)
     logprobs: dict[str, dict[int, list[LogprobRow]]] = field(default_factory=dict)
     rewards: dict[int, list[RewardRow]] = field(default_factory=dict)
+    facts: dict[int, list[FactRow]] = field(default_factory=dict)
+    questions: dict[int, list[QuestionRow]] = field(default_factory=dict)
+    judgments: dict[int, list[JudgmentRow]] = field(default_factory=dict)
+    scores: dict[int, list[ScoreRow]] = field(default_factory=dict)
 
 
 @dataclass
@@ -76,8 +126,21 @@ class Outputs:
     logprobs: list[LogprobRow] = field(default_factory=list)
     rewards: list[RewardRow] = field(default_factory=list)
     pairs: list[PairRow] = field(default_factory=list)
+    facts: list[FactRow] = field(default_factory=list)
+    questions: list[QuestionRow] = field(default_factory=list)
+    judgments: list[JudgmentRow] = field(default_factory=list)
+    scores: list[ScoreRow] = field(default_factory=list)
+    notes: list[NoteRow] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     tokens: int = 0  # tokens generated or scored, for throughput
+
+    ROWS = ("samples", "logprobs", "rewards", "pairs", "facts", "questions", "judgments", "scores", "notes")
+
+    def merge(self, other: Outputs) -> None:
+        for name in self.ROWS:
+            getattr(self, name).extend(getattr(other, name))
+        self.failed.update(other.failed)
+        self.tokens += other.tokens
 
 
 class Stage(Protocol):

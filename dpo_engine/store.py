@@ -15,12 +15,13 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .dataset import encode_extra
 from .errors import StoreError
-from .stage import Batch, LogprobRow, Outputs, PairRow, RecordIn, RewardRow, SampleRow
+from .stage import (Batch, FactRow, JudgmentRow, LogprobRow, Outputs, QuestionRow, RecordIn, RewardRow,
+                    SampleRow, ScoreRow)
 
 
 
@@ -99,15 +100,59 @@ MIGRATIONS: list[str] = [
         id INTEGER PRIMARY KEY, ts REAL NOT NULL, action TEXT NOT NULL, handled REAL
     );
     """,
+    # 2: divide_and_conquer. Facts, check questions and judgments are keyed by
+    # (rid, inner_idx, ord); a note says why an answer got nothing (e.g. an unparseable split).
+    """
+    CREATE TABLE fact (
+        rid INTEGER NOT NULL, inner_idx INTEGER NOT NULL, ord INTEGER NOT NULL, text TEXT NOT NULL,
+        PRIMARY KEY (rid, inner_idx, ord)
+    );
+    CREATE TABLE check_question (
+        rid INTEGER NOT NULL, inner_idx INTEGER NOT NULL, ord INTEGER NOT NULL, text TEXT NOT NULL,
+        PRIMARY KEY (rid, inner_idx, ord)
+    );
+    CREATE TABLE judgment (
+        rid INTEGER NOT NULL, inner_idx INTEGER NOT NULL, ord INTEGER NOT NULL,
+        p_yes REAL NOT NULL, p_no REAL NOT NULL,
+        PRIMARY KEY (rid, inner_idx, ord)
+    );
+    CREATE TABLE score (
+        rid INTEGER NOT NULL, inner_idx INTEGER NOT NULL, score INTEGER NOT NULL,
+        n_claims INTEGER NOT NULL,
+        PRIMARY KEY (rid, inner_idx)
+    );
+    CREATE TABLE note (
+        stage TEXT NOT NULL, rid INTEGER NOT NULL, inner_idx INTEGER NOT NULL, reason TEXT NOT NULL,
+        PRIMARY KEY (stage, rid, inner_idx)
+    );
+    """,
 ]
 
-# Which table (and, for logprob, which role) each kind of output lands in.
-OUTPUT_TABLES = {
+# Which table each kind of output lands in, and the (column, value) that scopes it to its
+# writer where several stages share a table (logprob by role, note by stage).
+OUTPUT_TABLES: dict[str, tuple[str, tuple[str, str] | None]] = {
     "samples": ("sample", None),
-    "logprob:instruct": ("logprob", "instruct"),
-    "logprob:reward": ("logprob", "reward"),
+    "logprob:instruct": ("logprob", ("role", "instruct")),
+    "logprob:reward": ("logprob", ("role", "reward")),
     "rewards": ("reward", None),
     "pairs": ("pair", None),
+    "facts": ("fact", None),
+    "questions": ("check_question", None),
+    "judgments": ("judgment", None),
+    "scores": ("score", None),
+    "notes:split": ("note", ("stage", "split")),
+    "notes:questions": ("note", ("stage", "questions")),
+    "notes:score": ("note", ("stage", "score")),
+}
+
+# The per-answer tables a batch read can ask for: Batch field -> (table, row type, columns).
+_ANSWER_READS = {
+    "samples": ("sample", SampleRow, "rid, inner_idx, text, n_tokens, n_words, text_hash"),
+    "rewards": ("reward", RewardRow, "rid, inner_idx, sum, avg, min, last"),
+    "facts": ("fact", FactRow, "rid, inner_idx, ord, text"),
+    "questions": ("check_question", QuestionRow, "rid, inner_idx, ord, text"),
+    "judgments": ("judgment", JudgmentRow, "rid, inner_idx, ord, p_yes, p_no"),
+    "scores": ("score", ScoreRow, "rid, inner_idx, score, n_claims"),
 }
 
 
@@ -126,6 +171,7 @@ class StageCounts:
     failed: int
     items_per_s: float | None
     tokens_per_s: float | None
+    notes: dict[str, int] = field(default_factory=dict)  # answers left without output, by reason
 
 
 @dataclass(frozen=True)
@@ -344,14 +390,15 @@ class Store:
             ):
                 if row[0] in wanted:
                     batch.records[row[0]] = RecordIn._make(row)
-        if "samples" in reads:
-            samples = batch.samples
+        for name in reads & _ANSWER_READS.keys():
+            table, row_type, columns = _ANSWER_READS[name]
+            target = getattr(batch, name)
+            order = "rid, inner_idx, ord" if "ord" in columns.split(", ") else "rid, inner_idx"
             for row in c.execute(
-                "SELECT rid, inner_idx, text, n_tokens, n_words, text_hash FROM sample"
-                " WHERE rid BETWEEN ? AND ? ORDER BY rid, inner_idx", (lo, hi)
+                f"SELECT {columns} FROM {table} WHERE rid BETWEEN ? AND ? ORDER BY {order}", (lo, hi)
             ):
                 if row[0] in wanted:
-                    samples.setdefault(row[0], []).append(SampleRow._make(row))
+                    target.setdefault(row[0], []).append(row_type._make(row))
         if "logprobs" in reads:
             for role in ("instruct", "reward"):
                 rows: dict[int, list[LogprobRow]] = {}
@@ -362,14 +409,6 @@ class Store:
                     if row[0] in wanted:
                         rows.setdefault(row[0], []).append(LogprobRow._make(row))
                 batch.logprobs[role] = rows
-        if "rewards" in reads:
-            rewards = batch.rewards
-            for row in c.execute(
-                "SELECT rid, inner_idx, sum, avg, min, last FROM reward"
-                " WHERE rid BETWEEN ? AND ? ORDER BY rid, inner_idx", (lo, hi)
-            ):
-                if row[0] in wanted:
-                    rewards.setdefault(row[0], []).append(RewardRow._make(row))
         return batch
 
     # ------------------------------------------------------------------ commits
@@ -385,10 +424,10 @@ class Store:
         per_item = seconds / max(1, len(rids))
         with self.transaction() as c:
             for kind in writes:
-                table, role = OUTPUT_TABLES[kind]
+                table, scope = OUTPUT_TABLES[kind]
                 sql = f"DELETE FROM {table} WHERE rid IN (SELECT value FROM json_each(?))"
-                if role:
-                    c.execute(sql + " AND role = ?", (done_json, role))
+                if scope:
+                    c.execute(sql + f" AND {scope[0]} = ?", (done_json, scope[1]))
                 else:
                     c.execute(sql, (done_json,))
             self._insert_outputs(c, outputs)
@@ -422,9 +461,11 @@ class Store:
         if out.rewards:
             c.executemany("INSERT INTO reward (rid, inner_idx, sum, avg, min, last) VALUES (?, ?, ?, ?, ?, ?)",
                           [(x.rid, x.inner_idx, x.sum, x.avg, x.min, x.last) for x in out.rewards])
-        if out.pairs:
-            c.executemany("INSERT INTO pair (rid, ord, chosen, rejected) VALUES (?, ?, ?, ?)",
-                          [(p.rid, p.ord, p.chosen, p.rejected) for p in out.pairs])
+        for rows, table in ((out.pairs, "pair"), (out.facts, "fact"), (out.questions, "check_question"),
+                            (out.judgments, "judgment"), (out.scores, "score"), (out.notes, "note")):
+            if rows:
+                marks = ", ".join("?" * len(rows[0]))
+                c.executemany(f"INSERT INTO {table} ({', '.join(rows[0]._fields)}) VALUES ({marks})", rows)
 
     # ------------------------------------------------------------------ run-scope (filter)
     def iter_pairs_for_filter(self, upstream: tuple[str, str]) -> Iterator[tuple]:
@@ -464,7 +505,7 @@ class Store:
         sql = (
             "SELECT k.rid, rec.idx_value, rec.question, rec.image, rec.image_path, rec.extra,"
             " c.text, r.text, c.n_words, r.n_words,"
-            " lc.sum, lc.avg, lc.per_token, lr.sum, lr.avg, lr.per_token"
+            " lc.sum, lc.avg, lc.per_token, lr.sum, lr.avg, lr.per_token, p.chosen, p.rejected"
             " FROM kept_pair k JOIN pair p ON p.rid = k.rid AND p.ord = k.ord"
             " JOIN record rec ON rec.rid = k.rid"
             " JOIN sample c ON c.rid = p.rid AND c.inner_idx = p.chosen"
@@ -475,9 +516,28 @@ class Store:
         )
         keys = ("rid", "idx_value", "question", "image", "image_path", "extra", "chosen", "rejected",
                 "chosen_words", "rejected_words", "chosen_logp", "chosen_avg_logp", "chosen_per_token",
-                "rejected_logp", "rejected_avg_logp", "rejected_per_token")
+                "rejected_logp", "rejected_avg_logp", "rejected_per_token", "chosen_idx", "rejected_idx")
         for row in self.conn.execute(sql):
             yield dict(zip(keys, row))
+
+    def claims_of(self, rid: int, inner_idx: int) -> list[tuple]:
+        """(fact, check question, p_yes, p_no) of each claim of one answer, in order; the
+        question and probabilities are None where that step produced nothing for it."""
+        return self.conn.execute(
+            "SELECT f.text, q.text, j.p_yes, j.p_no FROM fact f"
+            " LEFT JOIN check_question q ON q.rid = f.rid AND q.inner_idx = f.inner_idx AND q.ord = f.ord"
+            " LEFT JOIN judgment j ON j.rid = f.rid AND j.inner_idx = f.inner_idx AND j.ord = f.ord"
+            " WHERE f.rid = ? AND f.inner_idx = ? ORDER BY f.ord", (rid, inner_idx)).fetchall()
+
+    def score_of(self, rid: int, inner_idx: int) -> int | None:
+        row = self.conn.execute("SELECT score FROM score WHERE rid = ? AND inner_idx = ?",
+                                (rid, inner_idx)).fetchone()
+        return row[0] if row else None
+
+    def note_counts(self, stage: str) -> dict[str, int]:
+        """How many answers a stage left a note on, by reason."""
+        return dict(self.conn.execute(
+            "SELECT reason, COUNT(*) FROM note WHERE stage = ? GROUP BY reason ORDER BY reason", (stage,)))
 
     def idx_kind(self) -> str:
         """'integer' when every valid record's idx was given as an integer, else 'text'."""
@@ -510,15 +570,18 @@ class Store:
         return result
 
     def count(self, table: str) -> int:
-        if table not in {"sample", "logprob", "reward", "pair", "kept_pair", "record"}:
+        if table not in {"sample", "logprob", "reward", "pair", "kept_pair", "record", "fact",
+                         "check_question", "judgment", "score", "note"}:
             raise ValueError(table)
         return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
-    def duplicate_samples(self) -> int:
-        """How many (record, answer index) keys appear more than once (0 by construction)."""
+    def duplicate_samples(self, table: str = "sample") -> int:
+        """How many keys of a per-answer table appear more than once (0 by construction)."""
+        keys = {"sample": "rid, inner_idx", "score": "rid, inner_idx", "fact": "rid, inner_idx, ord",
+                "check_question": "rid, inner_idx, ord", "judgment": "rid, inner_idx, ord"}[table]
         return self.conn.execute(
-            "SELECT COUNT(*) FROM (SELECT rid, inner_idx FROM sample GROUP BY rid, inner_idx"
-            " HAVING COUNT(*) > 1)").fetchone()[0]
+            f"SELECT COUNT(*) FROM (SELECT {keys} FROM {table} GROUP BY {keys} HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
 
     def samples_of(self, rid: int) -> list[SampleRow]:
         return [SampleRow(*row) for row in self.conn.execute(
@@ -542,5 +605,6 @@ class Store:
                 " FROM metric WHERE stage = ?", (name,)).fetchone()
             stages.append(StageCounts(
                 name, done, max(0, counts.valid - done - failed), failed,
-                items / secs if secs > 0 else None, tokens / secs if secs > 0 and tokens else None))
+                items / secs if secs > 0 else None, tokens / secs if secs > 0 and tokens else None,
+                self.note_counts(name)))
         return StatusSnapshot(info.pipeline if info else None, counts, stages)

@@ -28,13 +28,15 @@ import torch
 import torch.nn.functional as F
 
 from dpo_engine import shapesworld as world
-from dpo_engine.prompts import QUESTION, SPLIT
+from dpo_engine.config import RunConfig
+from dpo_engine.prompts import QUESTION, SPLIT, bullet_list, cut_words, fill
 
 from .tiny import CHAT_TEMPLATE, build_tokenizer
 from .vlm import quiet_transformers
 
 ROLES = ("instruct", "reward", "labeler", "split", "question")
 HALLUCINATION_SHARE = 0.5
+PROMPT_WORDS = RunConfig.prompt_words  # the split/question prompts are cut as a run cuts them
 CELL_WORDS = world.CELLS
 
 
@@ -63,10 +65,6 @@ def oracle_question(fact: str) -> str:
     if body.startswith("there is "):
         return "is there " + body[len("there is "):] + " ?"
     return "is it true that " + body + " ?"
-
-
-def fill(template: str, **fields: str) -> str:
-    return template.format(**fields)
 
 
 def split_target(facts: list[str]) -> str:
@@ -382,7 +380,13 @@ def _sample_answer(rng: random.Random) -> tuple[str, str]:
     return question, text.replace(" .", ".").replace(" ,", ",")
 
 
-def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Callable[[], tuple[str, str]]) -> Path:
+def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Callable[[], tuple[str, str]],
+                batch: int = 16) -> Path:
+    """Teach a tiny chat model to answer ``example()`` prompts. Every prompt of a batch starts
+    with the same template text: that shared prefix runs once per step and the batch attends
+    to its cached keys and values, which halves the tokens each step computes."""
+    from transformers import DynamicCache
+
     rng_seed = seed + (3 if role == "split" else 4)
     torch.manual_seed(rng_seed)
     tok = build_tokenizer()
@@ -390,17 +394,25 @@ def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Calla
     model = _text_model(tok, rng_seed)
 
     def loss(step):
-        ids, labels = [], []
-        for _ in range(16):
+        prompts, targets = [], []
+        for _ in range(batch):
             prompt, target = example()
-            p = tok.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
-                                        tokenize=False)
-            p_ids = tok(p)["input_ids"]
-            t_ids = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-            ids.append(p_ids + t_ids)
-            labels.append([-100] * len(p_ids) + t_ids)
+            text = tok.apply_chat_template([{"role": "user", "content": cut_words(prompt, PROMPT_WORDS)}],
+                                           add_generation_prompt=True, tokenize=False)
+            prompts.append(tok(text)["input_ids"])
+            targets.append(tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id])
+        shared = min(len(p) for p in prompts) - 1
+        for p in prompts[1:]:
+            shared = min(shared, next((i for i, (a, b) in enumerate(zip(prompts[0], p)) if a != b), shared))
+        head = model(input_ids=torch.tensor([prompts[0][:shared]]), use_cache=True)
+        cache = DynamicCache()
+        for i, layer in enumerate(head.past_key_values.layers):
+            cache.update(layer.keys.expand(batch, -1, -1, -1), layer.values.expand(batch, -1, -1, -1), i)
+        ids = [p[shared:] + t for p, t in zip(prompts, targets)]
+        labels = [[-100] * (len(p) - shared) + t for p, t in zip(prompts, targets)]
         input_ids, mask, label_t = _pad(ids, labels, tok.pad_token_id)
-        return model(input_ids=input_ids, attention_mask=mask, labels=label_t).loss
+        mask = torch.cat([torch.ones((batch, shared), dtype=torch.long), mask], dim=1)
+        return model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, labels=label_t).loss
 
     _train(model, steps, 1e-3, loss, log, role)
     return _save(model, tok, out, role, seed, log)
@@ -424,8 +436,7 @@ def train_question(out: Path, seed: int, log, steps: int = 400) -> Path:
     def example():
         question, answer = _sample_answer(rng)
         facts = oracle_facts(question, answer) or ["there is a red circle ."]
-        text = "\n".join(f"- {f}" for f in facts)
-        return fill(template, facts=text), question_target([oracle_question(f) for f in facts])
+        return fill(template, facts=bullet_list(facts)), question_target([oracle_question(f) for f in facts])
 
     return _train_text("question", out, seed, log, steps, example)
 

@@ -88,9 +88,9 @@ class SeededSampler:
         return out.scatter_(1, token, 0.0)
 
 
-def row_uniforms(seed: int, keys: Sequence[tuple[int, int]], length: int) -> np.ndarray:
-    """One uniform stream per (record, answer index), independent of batch composition."""
-    return np.stack([np.random.default_rng([seed, rid, inner]).random(length) for rid, inner in keys])
+def row_uniforms(seed: int, keys: Sequence[tuple[int, ...]], length: int) -> np.ndarray:
+    """One uniform stream per key (e.g. record, answer index), independent of batch composition."""
+    return np.stack([np.random.default_rng([seed, *key]).random(length) for key in keys])
 
 
 class ImageTextModel:
@@ -285,10 +285,143 @@ class ImageTextModel:
         self.model_seconds += time.perf_counter() - t0
         return results
 
+    # ----------------------------------------------------------------- yes/no checks
+    def yes_no_ids(self) -> tuple[list[int], list[int]]:
+        """The labeler tokenizer's ids of yes/Yes and no/No: their single-token spellings with
+        and without a leading space, where the tokenizer tells the two apart."""
+
+        def ids(words: tuple[str, ...]) -> list[int]:
+            found: set[int] = set()
+            vocab = self.tokenizer.get_vocab()
+            for word in words:
+                for variant in (word, " " + word):
+                    toks = self.tokenizer.encode(variant, add_special_tokens=False)
+                    if len(toks) == 1:
+                        found.add(toks[0])
+                for marker in ("\u2581", "\u0120"):  # sentencepiece and byte-level BPE spaces
+                    if marker + word in vocab:
+                        found.add(vocab[marker + word])
+            return sorted(found)
+
+        yes, no = ids(("yes", "Yes")), ids(("no", "No"))
+        if not yes or not no or set(yes) & set(no):
+            raise ValueError(f"{self.path}: the tokenizer has no separate single tokens for yes and no")
+        return yes, no
+
+    def _image_token_id(self) -> int | None:
+        cfg = self.model.config
+        value = getattr(cfg, "image_token_id", None)
+        return value if value is not None else getattr(cfg, "image_token_index", None)
+
+    @torch.inference_mode()
+    def yes_no(self, image: Image.Image, questions: Sequence[str], *, chunk: int = 16) -> np.ndarray:
+        """(p_yes, p_no) of the first answer token for each question about one image.
+
+        The image and the prompt text before the question are encoded once; the questions run
+        against that cached prefix, ``chunk`` at a time, and only each row's last position is
+        projected onto the vocabulary."""
+        if not questions:
+            return np.zeros((0, 2), dtype=np.float64)
+        prompts = [self.prompt(q) for q in questions]
+        shared = self._shared_prefix(image, prompts) if self.family.prefix_cache else None
+        if shared is None:
+            return self.yes_no_full(image, questions, batch_size=chunk)
+        t0 = time.perf_counter()
+        rows, prefix_len, pixels = shared
+        yes, no = self._yes_no_index()
+        head = self.model(input_ids=torch.tensor([rows[0][:prefix_len]], device=self.device),
+                          use_cache=True, logits_to_keep=1, **pixels)
+        layers = [(layer.keys, layer.values) for layer in head.past_key_values.layers]
+        del head
+        out = []
+        for start in range(0, len(rows), chunk):
+            tails = [r[prefix_len:] for r in rows[start : start + chunk]]
+            width = max(len(t) for t in tails)
+            ids = torch.full((len(tails), width), self.tokenizer.pad_token_id, dtype=torch.long)
+            mask = torch.zeros((len(tails), prefix_len + width), dtype=torch.long)
+            mask[:, :prefix_len] = 1
+            for i, t in enumerate(tails):
+                ids[i, : len(t)] = torch.tensor(t)
+                mask[i, prefix_len : prefix_len + len(t)] = 1
+            last = torch.tensor([[len(t) - 1] for t in tails], device=self.device)
+            logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                                past_key_values=_repeated_cache(layers, len(tails)), use_cache=False,
+                                logits_to_keep=last).logits
+            out.append(self._yes_no_probs(logits.reshape(len(tails), -1), yes, no))
+        self._sync()
+        self.model_seconds += time.perf_counter() - t0
+        return np.concatenate(out)
+
+    def _yes_no_index(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if not hasattr(self, "_yes_no_cache"):
+            yes, no = self.yes_no_ids()
+            self._yes_no_cache = (torch.tensor(yes, device=self.device), torch.tensor(no, device=self.device))
+        return self._yes_no_cache
+
+    @staticmethod
+    def _yes_no_probs(logits: torch.Tensor, yes: torch.Tensor, no: torch.Tensor) -> np.ndarray:
+        probs = torch.softmax(logits.float(), dim=-1)
+        return torch.stack([probs[:, yes].sum(-1), probs[:, no].sum(-1)], dim=1).double().cpu().numpy()
+
+    def _shared_prefix(self, image: Image.Image, prompts: list[str]):
+        """Token ids of every prompt with the image placeholder expanded, the length of the
+        prefix they all share (image included), and the image inputs; None when the prompts do
+        not share a prefix holding the whole image, or the expansion cannot be checked."""
+        first = self._encode([image], prompts[:1])
+        expanded = first.pop("input_ids")[0].tolist()
+        first.pop("attention_mask", None)
+        image_id = self._image_token_id()
+        bos = self.tokenizer.bos_token
+        add_special = not (bos and all(p.startswith(bos) for p in prompts))
+        plain = self.tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
+        if image_id is None or image_id not in expanded:
+            return None
+        n_image = expanded.count(image_id) - plain[0].count(image_id) + 1
+        rows = []
+        for ids in plain:
+            row = []
+            for t in ids:
+                row.extend([t] * n_image if t == image_id else [t])
+            rows.append(row)
+        if rows[0] != expanded:  # this processor expands the placeholder in another way
+            return None
+        prefix_len = min(len(r) for r in rows) - 1
+        for r in rows[1:]:
+            prefix_len = min(prefix_len, next((i for i, (a, b) in enumerate(zip(rows[0], r)) if a != b), prefix_len))
+        if prefix_len <= 0 or any(image_id in r[prefix_len:] for r in rows):
+            return None
+        return rows, prefix_len, first
+
+    @torch.inference_mode()
+    def yes_no_full(self, image: Image.Image, questions: Sequence[str], *, batch_size: int = 1) -> np.ndarray:
+        """Each question with the image encoded again, ``batch_size`` at a time: the fallback
+        for M-RoPE families and (with batch_size=1) the reference's way, for benchmarks."""
+        t0 = time.perf_counter()
+        yes, no = self._yes_no_index()
+        out = []
+        for start in range(0, len(questions), batch_size):
+            chunk = [self.prompt(q) for q in questions[start : start + batch_size]]
+            enc = self._encode([image] * len(chunk), chunk)  # left padded: the last position is real
+            logits = self.model(**enc, logits_to_keep=1).logits[:, -1]
+            out.append(self._yes_no_probs(logits, yes, no))
+        self._sync()
+        self.model_seconds += time.perf_counter() - t0
+        return np.concatenate(out) if out else np.zeros((0, 2))
+
     def close(self) -> None:
         del self.model
         if self.device.startswith("cuda"):
             torch.cuda.empty_cache()
+
+
+def _repeated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], n: int):
+    """A cache holding one prefix's keys and values n times over (views, not copies)."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache()
+    for i, (keys, values) in enumerate(layers):
+        cache.update(keys.expand(n, *keys.shape[1:]), values.expand(n, *values.shape[1:]), i)
+    return cache
 
 
 def vocabulary_fingerprint(path: str | Path) -> str:

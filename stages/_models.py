@@ -16,3 +16,16 @@ def open_image_text_model(path: str, config):
     except OSError as exc:
         raise ModelError(f"cannot load the model at {path} ({exc})",
                          "check that the folder holds a complete checkpoint") from exc
+
+
+def open_text_chat_model(path: str, config):
+    from models.family import ModelConfigError
+    from models.textchat import TextChatModel
+
+    try:
+        return TextChatModel(path, device=config.device, dtype=config.dtype)
+    except (ModelConfigError, ValueError) as exc:
+        raise ModelError(str(exc)) from exc
+    except OSError as exc:
+        raise ModelError(f"cannot load the model at {path} ({exc})",
+                         "check that the folder holds a complete checkpoint") from exc

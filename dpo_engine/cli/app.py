@@ -17,7 +17,7 @@ from rich.table import Table
 
 from .. import __version__
 from ..config import RunConfig
-from ..errors import DpoEngineError
+from ..errors import ConfigError, DpoEngineError
 from ..store import DB_NAME, Store
 
 app = typer.Typer(
@@ -86,10 +86,24 @@ def run(
                                   help="Where engine.db, logs and dataset/dpo_dataset.parquet go."),
     instruct_model: Path = typer.Option(..., "--instruct-model", "--instruct_model_path",
                                         help="The model to be trained (samples answers; the DPO reference)."),
-    reward_model: Optional[Path] = typer.Option(None, "--reward-model", "--reward_model_path",
-                                                help="A DPO-trained VLM whose implicit reward scores answers."),
+    reward_model: Optional[str] = typer.Option(
+        None, "--reward-model", "--reward_model_path",
+        help="dpo_reward: a DPO-trained VLM whose implicit reward scores answers. "
+        "divide_and_conquer: may name all three reward-side models as LABELER,CHANGEQ,SPLIT."),
     pipeline: str = typer.Option("dpo_reward", "--pipeline", "--pipeline_name",
-                                 help="Scoring pipeline: dpo_reward."),
+                                 help="Scoring pipeline: dpo_reward or divide_and_conquer."),
+    labeler_model: Optional[Path] = typer.Option(
+        None, "--labeler-model", help="divide_and_conquer: the VLM that answers each claim's yes/no question."),
+    split_model: Optional[Path] = typer.Option(
+        None, "--split-model", help="divide_and_conquer: the text chat model that lists an answer's facts."),
+    question_model: Optional[Path] = typer.Option(
+        None, "--question-model", help="divide_and_conquer: the text chat model that turns facts into yes/no questions."),
+    split_prompt: Optional[Path] = typer.Option(
+        None, "--split-prompt", help="Split prompt template file with {question} and {answer} "
+        "(default: the shipped dpo_engine/prompts/split.txt)."),
+    question_prompt: Optional[Path] = typer.Option(
+        None, "--question-prompt", help="Question-change prompt template file with {facts} "
+        "(default: the shipped dpo_engine/prompts/question.txt)."),
     sample_k: int = typer.Option(10, "--sample-k", "--sample_k", help="Answers sampled per question."),
     rank: int = typer.Option(3, "--rank", help="Chosen from the top RANK, rejected from the bottom RANK."),
     distance: int = typer.Option(25, "--distance",
@@ -130,9 +144,12 @@ def run(
         console.print("[dim]note: stages resume by themselves; --run_stage/--continue_from_stage are ignored[/]")
     if reward_model_python_path:
         console.print("[dim]note: --reward_model_python_path is not needed: all models run in this process[/]")
+    models = _reward_side(pipeline, reward_model, labeler_model, split_model, question_model)
     config = RunConfig(
         pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
-        instruct_model=str(instruct_model), reward_model=str(reward_model) if reward_model else None,
+        instruct_model=str(instruct_model), **models,
+        split_prompt=str(split_prompt) if split_prompt else None,
+        question_prompt=str(question_prompt) if question_prompt else None,
         sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
         rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype,
@@ -142,6 +159,31 @@ def run(
         print(json.dumps(summary))
     if any(s["failed"] for s in summary["stages"]):
         raise typer.Exit(3)
+
+
+def _reward_side(pipeline: str, reward: str | None, labeler: Path | None, split: Path | None,
+                 question: Path | None) -> dict:
+    """The reward-side model paths, with the reference's comma form
+    ``--reward_model_path labeler,changeq,split`` for divide_and_conquer."""
+    if pipeline == "divide_and_conquer" and reward:
+        parts = [p.strip() for p in reward.split(",")]
+        if len(parts) != 3 or not all(parts):
+            raise ConfigError("divide_and_conquer takes --reward_model_path as LABELER,CHANGEQ,SPLIT "
+                              f"(three comma-separated paths), not {reward!r}",
+                              "or pass --labeler-model, --question-model and --split-model")
+        named = {"--labeler-model": labeler, "--question-model": question, "--split-model": split}
+        clash = [flag for flag, value in named.items() if value]
+        if clash:
+            raise ConfigError(f"give the reward-side models once: {', '.join(clash)} and the comma form both name them")
+        labeler, question, split = (Path(p) for p in parts)
+        reward = None
+    elif reward and "," in reward:
+        raise ConfigError(f"--reward-model {reward!r} lists several paths",
+                          "the comma form is for --pipeline_name divide_and_conquer")
+    return {"reward_model": reward,
+            "labeler_model": str(labeler) if labeler else None,
+            "split_model": str(split) if split else None,
+            "question_model": str(question) if question else None}
 
 
 # ---------------------------------------------------------------------------------- status
@@ -173,6 +215,9 @@ def status(
                       f"{s.items_per_s:.1f}" if s.items_per_s else "-",
                       f"{s.tokens_per_s:.0f}" if s.tokens_per_s else "-")
     console.print(table)
+    for s in snap.stages:
+        for reason, n in s.notes.items():
+            console.print(f"  {s.name}: {n} answers with {reason}", highlight=False)
 
 
 # ---------------------------------------------------------------------------------- export
@@ -215,7 +260,8 @@ def validate(
 @handle_errors
 def demo(
     work_dir: Path = typer.Argument(Path("demo-run"), help="Where the demo's models, data and run go."),
-    pipeline: str = typer.Option("dpo_reward", "--pipeline", help="Scoring pipeline: dpo_reward."),
+    pipeline: str = typer.Option("dpo_reward", "--pipeline",
+                                 help="Scoring pipeline: dpo_reward or divide_and_conquer."),
     records: int = typer.Option(60, "--records", help="ShapesWorld records to draw."),
     sample_k: int = typer.Option(10, "--sample-k", help="Answers sampled per question."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Longest sampled answer."),
@@ -238,7 +284,9 @@ def demo(
     console = err_console if json_out else Console(soft_wrap=True)
     models_dir = work_dir / "models"
     dataset = work_dir / "data" / "demo.parquet"
-    roles = ("instruct", "reward")
+    roles = DEMO_ROLES.get(pipeline)
+    if roles is None:
+        raise ConfigError(f"unknown pipeline {pipeline!r}", f"use one of {', '.join(DEMO_ROLES)}")
     paths = build_world_models(models_dir, roles=roles, seed=seed,
                                log=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
     if not dataset.exists():
@@ -246,7 +294,8 @@ def demo(
         # this small is close to a coin flip (see README), which would say nothing about the engine.
         write_dataset(dataset, n=records, seed=seed, yes_no_share=0.0)
     config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
-                       instruct_model=str(paths["instruct"]), reward_model=str(paths["reward"]),
+                       instruct_model=str(paths["instruct"]),
+                       **{f"{role}_model": str(paths[role]) for role in roles if role != "instruct"},
                        sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed)
     summary = execute(config, restart=False, console=console)
     store = Store.in_work_dir(work_dir, create=False)
@@ -264,6 +313,10 @@ def demo(
                   f"next:    dpo-engine status {work_dir}", highlight=False)
     if json_out:
         print(json.dumps(summary))
+
+
+DEMO_ROLES = {"dpo_reward": ("instruct", "reward"),
+              "divide_and_conquer": ("instruct", "split", "question", "labeler")}
 
 
 def _print_quality(console: Console, q: dict, examples: list[dict]) -> None:

@@ -79,6 +79,15 @@ def _check_model(path: str | None, role: str) -> None:
         raise ModelError(f"{role} model: {exc}") from exc
 
 
+def _model_roles(config: RunConfig) -> dict[str, str]:
+    """The models this run's pipeline uses, by role."""
+    wanted = {"dpo_reward": ("instruct", "reward"),
+              "divide_and_conquer": ("instruct", "split", "question", "labeler")}[config.pipeline]
+    paths = {"instruct": config.instruct_model, "reward": config.reward_model, "split": config.split_model,
+             "question": config.question_model, "labeler": config.labeler_model}
+    return {role: paths[role] for role in wanted if paths[role]}
+
+
 def _versions() -> dict[str, str]:
     import torch
     import transformers
@@ -95,8 +104,9 @@ def execute(config: RunConfig, *, restart: bool, console: Console) -> dict:
 
     config.validate()
     source = open_dataset(config.dataset)  # unreadable data fails here, before any model loads
-    _check_model(config.instruct_model, "instruct")
-    _check_model(config.reward_model, "reward")
+    roles = _model_roles(config)
+    for role, path in roles.items():
+        _check_model(path, role)
     work = Path(config.work_dir)
     if restart:
         for suffix in ("", "-wal", "-shm"):
@@ -118,10 +128,9 @@ def execute(config: RunConfig, *, restart: bool, console: Console) -> dict:
             dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
         except (RuntimeError, ValueError) as exc:
             raise ModelError(str(exc)) from exc
-        fingerprints = {"instruct": model_fingerprint(config.instruct_model)}
+        fingerprints = {role: model_fingerprint(path) for role, path in roles.items()}
         shared = True
         if config.reward_model:
-            fingerprints["reward"] = model_fingerprint(config.reward_model)
             shared = vocabulary_fingerprint(config.instruct_model) == vocabulary_fingerprint(config.reward_model)
             if not shared:
                 console.print("[yellow]note:[/] the instruct and reward models use different tokenizers: "

@@ -8,6 +8,10 @@ Two formats:
 * ``trl``: TRL's conversational vision preference format: ``images`` (a list of one image),
   ``prompt``, ``chosen`` and ``rejected`` as message lists, plus ``idx``.
 
+A divide_and_conquer run adds, in both formats, each answer's score and its claims:
+``chosen_score``, ``rejected_score`` and ``chosen_claims`` / ``rejected_claims``, a list of
+``{fact, question, p_yes, p_no, true}`` (TRL ignores columns it does not know).
+
 Both carry the ``huggingface`` schema metadata that makes ``datasets.load_dataset("parquet")``
 decode the image columns as images.
 """
@@ -30,6 +34,10 @@ from .store import Store
 FORMATS = ("rlaif-v", "trl")
 CHUNK_ROWS = 256
 IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
+CLAIMS_TYPE = pa.list_(pa.struct([pa.field("fact", pa.string()), pa.field("question", pa.string()),
+                                  pa.field("p_yes", pa.float64()), pa.field("p_no", pa.float64()),
+                                  pa.field("true", pa.bool_())]))
+CLAIM_COLUMNS = ("chosen_score", "rejected_score", "chosen_claims", "rejected_claims")
 MESSAGE_TYPE = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
 _JSON_TO_ARROW = {"integer": pa.int64(), "real": pa.float64(), "text": pa.string(), "bool": pa.bool_()}
 _ARROW_TO_VALUE = {pa.int64(): "int64", pa.float64(): "float64", pa.string(): "string", pa.bool_(): "bool"}
@@ -78,6 +86,18 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v") -> ExportReport:
         message = {"_type": "List", "feature": {"role": _value(pa.string()), "content": _value(pa.string())}}
         features = {"images": {"_type": "List", "feature": {"_type": "Image"}}, "prompt": message,
                     "chosen": message, "rejected": message, "idx": _value(idx_type)}
+    info = store.run_info()
+    claims = info is not None and info.pipeline == "divide_and_conquer"
+    if claims:
+        claim_feature = {"_type": "List", "feature": {
+            "fact": _value(pa.string()), "question": _value(pa.string()), "p_yes": _value(pa.float64()),
+            "p_no": _value(pa.float64()), "true": _value(pa.bool_())}}
+        fields = [(n, t) for n, t in fields if n not in CLAIM_COLUMNS]
+        fields += [("chosen_score", pa.int64()), ("rejected_score", pa.int64()),
+                   ("chosen_claims", CLAIMS_TYPE), ("rejected_claims", CLAIMS_TYPE)]
+        features = {n: v for n, v in features.items() if n not in CLAIM_COLUMNS}
+        features.update(chosen_score=_value(pa.int64()), rejected_score=_value(pa.int64()),
+                        chosen_claims=claim_feature, rejected_claims=claim_feature)
     schema = pa.schema([pa.field(n, t) for n, t in fields], metadata=_hf_metadata(features))
     tmp, writer = _atomic_writer(out, schema)
     columns: dict[str, list] = {n: [] for n, _ in fields}
@@ -91,6 +111,14 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v") -> ExportReport:
             chosen_words += row["chosen_words"]
             rejected_words += row["rejected_words"]
             _append(columns, row, fmt, extra_types)
+            if claims:
+                for side in ("chosen", "rejected"):
+                    answer = row[f"{side}_idx"]
+                    columns[f"{side}_score"].append(store.score_of(row["rid"], answer))
+                    columns[f"{side}_claims"].append([
+                        {"fact": f, "question": q, "p_yes": py, "p_no": pn,
+                         "true": None if py is None else py > pn}
+                        for f, q, py, pn in store.claims_of(row["rid"], answer)])
             if len(columns["idx"]) >= CHUNK_ROWS:
                 writer.write_table(pa.table(columns, schema=schema))
                 columns = {n: [] for n, _ in fields}
@@ -121,7 +149,8 @@ def _append(columns: dict, row: dict, fmt: str, extra_types: dict) -> None:
     columns["logps"].append(_logps(row))
     extra = decode_extra(row["extra"])
     for name, arrow_type in extra_types.items():
-        if name not in columns or name in {"idx", "question", "chosen", "rejected", "image", "logps"}:
+        if name not in columns or name in {"idx", "question", "chosen", "rejected", "image", "logps",
+                                           *CLAIM_COLUMNS}:
             continue
         value = extra.get(name)
         if arrow_type == pa.string() and value is not None and not isinstance(value, str):

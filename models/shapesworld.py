@@ -36,7 +36,9 @@ from .vlm import quiet_transformers
 
 ROLES = ("instruct", "reward", "labeler", "split", "question")
 HALLUCINATION_SHARE = 0.5
+CONTENT_WEIGHT = 8.0  # loss weight of copied words in the text models (exact copies: 0.48 -> 0.94)
 PROMPT_WORDS = RunConfig.prompt_words  # the split/question prompts are cut as a run cuts them
+PATCH = 16
 CELL_WORDS = world.CELLS
 
 
@@ -80,7 +82,7 @@ def _vlm_config(tokenizer):
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
     vision = CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, image_size=world.SIZE, patch_size=16,
+                              num_attention_heads=4, image_size=world.SIZE, patch_size=PATCH,
                               projection_dim=64)
     text = LlamaConfig(vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256,
                        num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
@@ -98,7 +100,7 @@ def _processor(tokenizer):
     image_processor = CLIPImageProcessorPil(size={"shortest_edge": world.SIZE},
                                             crop_size={"height": world.SIZE, "width": world.SIZE})
     return LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer, chat_template=CHAT_TEMPLATE,
-                          patch_size=16, vision_feature_select_strategy="default",
+                          patch_size=PATCH, vision_feature_select_strategy="default",
                           num_additional_image_tokens=1)
 
 
@@ -125,7 +127,7 @@ class _VlmData:
         self.tok = tok
         self.scenes, self.questions, images = [], [], []
         self.prompt_ids = []
-        n_image_tokens = (world.SIZE // 16) ** 2
+        n_image_tokens = (world.SIZE // PATCH) ** 2
         for _ in range(n):
             scene = world.random_scene(rng)
             question = question_fn(scene)
@@ -290,32 +292,30 @@ def train_reward(instruct: Path, out: Path, seed: int, log, steps: int = 250, be
     return _save(policy, processor, out, "reward", seed, log)
 
 
-def labeler_question(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
-    """A yes/no check question about the scene (as the question model writes them) and its
-    true answer."""
-    names = scene.names()
-    pick_present = rng.random() < 0.5
-    if pick_present:
-        o = rng.choice(scene.objects)
-        colour, shape = o.colour, o.shape
-    else:
-        while True:
-            colour, shape = rng.choice(list(world.COLOURS)), rng.choice(world.SHAPES)
-            if f"{colour} {shape}" not in names:
-                break
-    form = rng.random()
-    if form < 0.45:
-        q, truth = f"is there a {colour} {shape} in the image ?", pick_present
-    elif form < 0.9:
-        cell = rng.randrange(4)
-        at = any(o.colour == colour and o.shape == shape and o.cell == cell for o in scene.objects)
-        if pick_present and rng.random() < 0.6:  # mostly the right cell, so "yes" is common
-            cell = next(o.cell for o in scene.objects if o.colour == colour and o.shape == shape)
-            at = True
-        q, truth = f"is there a {colour} {shape} at the {world.CELLS[cell]} ?", at
-    else:
-        q, truth = f"is there no {colour} {shape} in the image ?", not pick_present
-    return q + world.YES_NO_SUFFIX, "yes" if truth else "no"
+def fact_truth(fact: str, scene: world.Scene) -> bool | None:
+    """Whether a fact as the split model writes it ("there is a/no X [at the Y]") holds."""
+    found = _MENTION.findall(fact)
+    if len(found) != 1:
+        return None
+    neg, colour, shape, cell = (x.lower() for x in found[0])
+    present = any(o.colour == colour and o.shape == shape and (not cell or world.CELLS[o.cell] == cell)
+                  for o in scene.objects)
+    return present != bool(neg)
+
+
+def check_claim(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
+    """A check question as a run asks it: from a fact of an instruct-like answer (faithful or
+    corrupted), through the oracle question writer; and its true answer, "yes" half the time."""
+    want = rng.random() < 0.5
+    while True:
+        question = world.questions_for(scene, rng, yes_no_share=0.1)
+        text = _instruct_answer(scene, question, rng, 1.0 if rng.random() < 0.5 else 0.0)
+        facts = oracle_facts(question, text)
+        if facts:
+            fact = rng.choice(facts)
+            truth = fact_truth(fact, scene)
+            if truth is want:
+                return oracle_question(fact) + world.YES_NO_SUFFIX, "yes" if truth else "no"
 
 
 def _easy_labeler_question(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
@@ -328,32 +328,55 @@ def _easy_labeler_question(scene: world.Scene, rng: random.Random) -> tuple[str,
     return f"is there a {name} in the image ?" + world.YES_NO_SUFFIX, truth
 
 
-def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 600, pool: int = 1500) -> Path:
-    """From ``instruct``; a curriculum: presence questions first, then places and negations.
-    (Measured on held-out checks: 0.71 right with the curriculum, 0.64 without.)"""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+def _prompt_ids(processor, question: str) -> list[int]:
+    """Token ids of the chat prompt for an image and a question, image placeholder expanded."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    prompt = prompt.replace("<image>", "<image>" * (world.SIZE // PATCH) ** 2)
+    return processor.tokenizer(prompt)["input_ids"]
+
+
+def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 500, pool: int = 2000,
+                  images: int = 8, per_image: int = 12) -> Path:
+    """From ``instruct``; a curriculum: presence checks first, then checks as a run asks them.
+
+    Every step draws fresh questions (a fixed question per image is memorised, not learnt):
+    ``per_image`` questions on each of ``images`` pooled images. The image and the prompt text
+    before the question run once per image and its questions attend to that cached prefix,
+    as the check stage does at run time."""
+    from transformers import AutoProcessor, DynamicCache, LlavaForConditionalGeneration
 
     rng = random.Random(seed + 2)
     torch.manual_seed(seed + 2)
     processor = AutoProcessor.from_pretrained(instruct)
+    tok = processor.tokenizer
     model = LlavaForConditionalGeneration.from_pretrained(instruct)
-    pools = []
-    for make in (_easy_labeler_question, labeler_question):
-        answers: list[str] = []
-
-        def question_fn(scene, make=make, answers=answers):
-            q, a = make(scene, rng)
-            answers.append(a)
-            return q
-
-        pools.append((_VlmData(processor, rng, pool, question_fn), answers))
-    easy_steps = steps * 7 // 12
+    data = _VlmData(processor, rng, pool, lambda scene: "")
+    easy_steps = steps * 2 // 5
+    answer_ids = {a: tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for a in ("yes", "no")}
 
     def loss(step):
-        data, answers = pools[0] if step < easy_steps else pools[1]
-        items = [rng.randrange(len(data.scenes)) for _ in range(48)]
-        ids, mask, labels, pixels = data.batch(items, [answers[i] for i in items])
-        return model(input_ids=ids, attention_mask=mask, pixel_values=pixels, labels=labels).loss
+        make = _easy_labeler_question if step < easy_steps else check_claim
+        picked = [rng.randrange(len(data.scenes)) for _ in range(images)]
+        prompts, targets = [], []
+        for i in picked:
+            for _ in range(per_image):
+                q, a = make(data.scenes[i], rng)
+                prompts.append(_prompt_ids(processor, q))
+                targets.append(answer_ids[a])
+        shared = min(len(p) for p in prompts) - 1
+        for p in prompts[1:]:
+            shared = min(shared, next((j for j, (a, b) in enumerate(zip(prompts[0], p)) if a != b), shared))
+        head = model(input_ids=torch.tensor([prompts[0][:shared]] * images), pixel_values=data.pixels[picked],
+                     use_cache=True)
+        cache = DynamicCache()
+        for n, layer in enumerate(head.past_key_values.layers):
+            cache.update(layer.keys.repeat_interleave(per_image, 0), layer.values.repeat_interleave(per_image, 0), n)
+        ids = [p[shared:] + t for p, t in zip(prompts, targets)]
+        labels = [[-100] * (len(p) - shared) + t for p, t in zip(prompts, targets)]
+        input_ids, mask, label_t = _pad(ids, labels, tok.pad_token_id)
+        mask = torch.cat([torch.ones((len(ids), shared), dtype=torch.long), mask], dim=1)
+        return model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, labels=label_t).loss
 
     _train(model, steps, 5e-4, loss, log, "labeler")
     return _save(model, processor, out, "labeler", seed, log)
@@ -380,14 +403,14 @@ def _sample_answer(rng: random.Random) -> tuple[str, str]:
     return question, text.replace(" .", ".").replace(" ,", ",")
 
 
-def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Callable[[], tuple[str, str]],
-                batch: int = 16) -> Path:
+def _train_text(role: str, outs: list[Path], seed: int, log, steps: int,
+                examples: list[Callable[[], tuple[str, str]]], batch: int = 16) -> list[Path]:
     """Teach a tiny chat model to answer ``example()`` prompts. Every prompt of a batch starts
     with the same template text: that shared prefix runs once per step and the batch attends
     to its cached keys and values, which halves the tokens each step computes."""
     from transformers import DynamicCache
 
-    rng_seed = seed + (3 if role == "split" else 4)
+    rng_seed = seed + 3
     torch.manual_seed(rng_seed)
     tok = build_tokenizer()
     tok.chat_template = CHAT_TEMPLATE
@@ -395,6 +418,7 @@ def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Calla
 
     def loss(step):
         prompts, targets = [], []
+        example = examples[step % len(examples)]  # one task per batch: its prompts share a prefix
         for _ in range(batch):
             prompt, target = example()
             text = tok.apply_chat_template([{"role": "user", "content": cut_words(prompt, PROMPT_WORDS)}],
@@ -412,25 +436,30 @@ def _train_text(role: str, out: Path, seed: int, log, steps: int, example: Calla
         labels = [[-100] * (len(p) - shared) + t for p, t in zip(prompts, targets)]
         input_ids, mask, label_t = _pad(ids, labels, tok.pad_token_id)
         mask = torch.cat([torch.ones((batch, shared), dtype=torch.long), mask], dim=1)
-        return model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, labels=label_t).loss
+        logits = model(input_ids=input_ids, attention_mask=mask, past_key_values=cache).logits[:, :-1]
+        target = label_t[:, 1:]
+        ce = F.cross_entropy(logits.flatten(0, 1).float(), target.flatten(), ignore_index=-100, reduction="none")
+        # The words copied from the input (colours, shapes, places) carry the task: weigh them up.
+        weight = torch.where(torch.isin(target, content), CONTENT_WEIGHT, 1.0).flatten() * (target.flatten() != -100)
+        return (ce * weight).sum() / weight.sum()
 
+    content = torch.tensor(sorted({i for w in (*world.COLOURS, *world.SHAPES, *" ".join(CELL_WORDS).split(), "no")
+                                   for i in tok(w, add_special_tokens=False)["input_ids"]}))
     _train(model, steps, 1e-3, loss, log, role)
-    return _save(model, tok, out, role, seed, log)
+    return [_save(model, tok, out, out.name, seed, log) for out in outs]
 
 
-def train_split(out: Path, seed: int, log, steps: int = 600) -> Path:
-    rng = random.Random(seed + 3)
+def _split_example(rng: random.Random) -> Callable[[], tuple[str, str]]:
     template = SPLIT.read_text()
 
     def example():
         question, answer = _sample_answer(rng)
         return fill(template, question=question, answer=answer), split_target(oracle_facts(question, answer))
 
-    return _train_text("split", out, seed, log, steps, example)
+    return example
 
 
-def train_question(out: Path, seed: int, log, steps: int = 400) -> Path:
-    rng = random.Random(seed + 4)
+def _question_example(rng: random.Random) -> Callable[[], tuple[str, str]]:
     template = QUESTION.read_text()
 
     def example():
@@ -438,7 +467,15 @@ def train_question(out: Path, seed: int, log, steps: int = 400) -> Path:
         facts = oracle_facts(question, answer) or ["there is a red circle ."]
         return fill(template, facts=bullet_list(facts)), question_target([oracle_question(f) for f in facts])
 
-    return _train_text("question", out, seed, log, steps, example)
+    return example
+
+
+def train_text_roles(split_out: Path, question_out: Path, seed: int, log, steps: int = 800) -> list[Path]:
+    """One tiny chat model taught both text tasks (alternating batches), saved as the split
+    and the question model: the two share the skill that matters, copying words exactly."""
+    rng = random.Random(seed + 3)
+    return _train_text("split+question", [split_out, question_out], seed, log, steps,
+                       [_split_example(rng), _question_example(rng)])
 
 
 def build_world_models(root: str | Path, *, roles: tuple[str, ...] = ROLES, seed: int = 0,
@@ -461,10 +498,9 @@ def build_world_models(root: str | Path, *, roles: tuple[str, ...] = ROLES, seed
             train_reward(paths["instruct"], paths[role], seed, log)
         elif role == "labeler":
             train_labeler(paths["instruct"], paths[role], seed, log)
-        elif role == "split":
-            train_split(paths[role], seed, log)
-        else:
-            train_question(paths[role], seed, log)
+        elif role in ("split", "question"):
+            train_text_roles(paths["split"], paths["question"], seed, log)
+            done |= {"split", "question"}
     return {role: paths[role] for role in roles}
 
 

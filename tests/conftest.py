@@ -76,3 +76,24 @@ def copy_models(tiny_models, tmp_path):
         return dst
 
     return make
+
+
+@pytest.fixture(scope="session")
+def world_models(tmp_path_factory) -> dict[str, Path]:
+    """Briefly trained ShapesWorld models for the divide_and_conquer roles: their answers and
+    facts are often wrong, but the text models already write ``- `` lists."""
+    from models.shapesworld import train_instruct, train_labeler, train_text_roles
+
+    root = tmp_path_factory.mktemp("world")
+    quiet = lambda line: None  # noqa: E731
+    instruct = train_instruct(root / "instruct", seed=0, log=quiet, steps=80, pool=200, pretrain_steps=60)
+    labeler = train_labeler(instruct, root / "labeler", seed=0, log=quiet, steps=20, pool=64)
+    split, question = train_text_roles(root / "split", root / "question", seed=0, log=quiet, steps=200)
+    return {"instruct": instruct, "labeler": labeler, "split": split, "question": question}
+
+
+def dnc_args(models: dict, dataset: Path, work: Path, *extra: str) -> list[str]:
+    return ["run", "--pipeline", "divide_and_conquer", "--dataset", str(dataset),
+            "--instruct-model", str(models["instruct"]), "--labeler-model", str(models["labeler"]),
+            "--split-model", str(models["split"]), "--question-model", str(models["question"]),
+            "--work-dir", str(work), "--sample-k", "4", "--max-new-tokens", "24", *extra]

@@ -72,7 +72,7 @@ def test_faithful_answers_read_clean_and_wrong_answers_do_not():
 
 def test_trained_checkpoints_load_through_the_normal_adapters(tmp_path):
     from models.family import detect_family
-    from models.shapesworld import oracle_facts, oracle_question, train_instruct, train_split
+    from models.shapesworld import oracle_facts, oracle_question, train_instruct, train_text_roles
     from models.vlm import ImageTextModel
 
     quiet = lambda line: None  # noqa: E731
@@ -85,7 +85,7 @@ def test_trained_checkpoints_load_through_the_normal_adapters(tmp_path):
     image = Image.open(io.BytesIO(w.render(scene))).convert("RGB")
     (gens,) = model.generate([image], [w.DESCRIBE], keys=[0], k=2, max_new_tokens=8, temperature=0.7, seed=0)
     assert len(gens) == 2
-    split = train_split(tmp_path / "split", seed=5, log=quiet, steps=2)
+    split, _ = train_text_roles(tmp_path / "split", tmp_path / "question", seed=5, log=quiet, steps=2)
     assert detect_family(split).kind == "causal-lm"
     facts = oracle_facts(w.DESCRIBE, "there is a red circle at the top left and a blue square at the bottom right.")
     assert facts == ["there is a red circle at the top left .", "there is a blue square at the bottom right ."]

@@ -8,6 +8,11 @@
 * score_speedup_vs_reference: answers/s of our log-prob scoring (image + prompt encoded once
   per record, its k answers scored against the cached prefix) over the reference's (batch
   size 1, the full sequence per answer, each answer scored twice).
+* check_speedup_vs_reference: claims/s of divide_and_conquer's check (all claims of a record's
+  answers against one image: image and prompt head encoded once, only the last position
+  projected) over the reference's (one question per forward pass, the image encoded each time).
+* split_speedup_vs_reference: replies/s of the split stage's batched generation (all answers
+  of several records in one left-padded ``generate``) over one answer at a time.
 * pairing_1m_seconds / pairing_1m_peak_rss_mb: reward + pair + filter over 1,000,000
   synthetic samples (100,000 records x 10) already in a store, in a fresh process.
 * pairing_scaling_10x: that time over the time for 100,000 samples.
@@ -85,6 +90,61 @@ def model_figures(tmp: Path, quick: bool) -> dict:
         "score_speedup_vs_reference": round(t_score_ref / t_score, 2),
         "model_path": str(path),
     }
+
+
+def dnc_figures(tmp: Path, model_path: str, quick: bool) -> dict:
+    import random
+
+    from dpo_engine import shapesworld as world
+    from dpo_engine.prompts import YES_NO_SUFFIX, cut_words, fill, template
+    from models.textchat import TextChatModel
+    from models.tiny import build_tiny_chat
+    from models.vlm import ImageTextModel
+
+    rng = random.Random(0)
+    labeler = ImageTextModel(model_path, device="auto")
+    n_images, claims = (4, 60) if quick else (12, 60)  # 10 answers x ~6 claims per record
+    scenes = [world.random_scene(rng) for _ in range(n_images)]
+    from PIL import Image
+    import io
+
+    images = [Image.open(io.BytesIO(world.render(s, rng))).convert("RGB") for s in scenes]
+    checks = [[f"is there a {rng.choice(list(world.COLOURS))} {rng.choice(list(world.SHAPES))} at the "
+               f"{rng.choice(world.CELLS)}?{YES_NO_SUFFIX}" for _ in range(claims)] for _ in images]
+    labeler.yes_no(images[0], checks[0][:2])
+    t0 = time.perf_counter()
+    for image, qs in zip(images, checks):
+        labeler.yes_no(image, qs)
+    t_ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for image, qs in zip(images, checks):
+        for q in qs:
+            labeler.yes_no_full(image, [q], batch_size=1)
+    t_ref = time.perf_counter() - t0
+    total = n_images * claims
+    log(f"check: ours {total / t_ours:.0f} claims/s, reference way {total / t_ref:.0f} claims/s")
+    labeler.close()
+
+    chat = TextChatModel(build_tiny_chat(tmp / "chat", seed=0, size="small"), device="auto")
+    n_prompts, new = (20, 48) if quick else (40, 96)
+    text = template("split", None)
+    prompts = [cut_words(fill(text, question=world.DESCRIBE, answer=world.answer(s, world.DESCRIBE)), 300)
+               for s in (world.random_scene(rng) for _ in range(n_prompts))]
+    keys = [(i, 0, 1) for i in range(n_prompts)]
+    kw = dict(max_new_tokens=new, temperature=0.2, top_p=0.9, seed=0)
+    chat.chat(prompts[:2], keys=keys[:2], **{**kw, "max_new_tokens": 4})
+    t0 = time.perf_counter()
+    batched = chat.chat(prompts, keys=keys, **kw)
+    t_batch = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    single = [chat.chat([p], keys=[key], **kw)[0] for p, key in zip(prompts, keys)]
+    t_single = time.perf_counter() - t0
+    same = sum(a.text == b.text for a, b in zip(batched, single))
+    log(f"split: batched {n_prompts / t_batch:.1f} replies/s, one at a time {n_prompts / t_single:.1f} "
+        f"replies/s ({same}/{n_prompts} replies identical)")
+    return {"check_speedup_vs_reference": round(t_ref / t_ours, 2),
+            "split_speedup_vs_reference": round(t_single / t_batch, 2),
+            "split_batched_equals_single_share": round(same / n_prompts, 3)}
 
 
 def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
@@ -238,6 +298,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smaller model workloads (same 1M pairing)")
     parser.add_argument("--skip-pairing", action="store_true", help="leave out the 1M-sample figures")
+    parser.add_argument("--only-dnc", action="store_true", help="only the divide_and_conquer figures")
     args = parser.parse_args()
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
@@ -245,8 +306,15 @@ def main() -> None:
         from models.vlm import quiet_transformers
 
         quiet_transformers()
+        if args.only_dnc:
+            from models.tiny import build_tiny_llava
+
+            figures.update(dnc_figures(tmp, str(build_tiny_llava(tmp / "small", seed=0, size="small")), args.quick))
+            print(json.dumps(figures))
+            return
         m = model_figures(tmp, args.quick)
         figures.update({k: v for k, v in m.items() if k != "model_path"})
+        figures.update(dnc_figures(tmp, m["model_path"], args.quick))
         figures.update(overhead_figure(tmp, m["model_path"], args.quick))
         if not args.skip_pairing:
             figures.update(pairing_figures(tmp))

@@ -183,3 +183,33 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
     processor.save_pretrained(out)
     (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "size": size}))
     return out
+
+
+def build_tiny_chat(out_dir: str | Path, *, seed: int = 0, size: str = "small") -> Path:
+    """A random-weight Llama chat model (the split / question-change role) with the tiny
+    tokenizer and the chat template, saved with ``save_pretrained``."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from .vlm import quiet_transformers
+
+    quiet_transformers()
+    dims = SIZES[size]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=dims.text_hidden, intermediate_size=dims.text_intermediate,
+        num_hidden_layers=dims.text_layers, num_attention_heads=dims.text_heads,
+        num_key_value_heads=max(1, dims.text_heads // 2), max_position_embeddings=2048,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "size": size, "role": "chat"}))
+    return out

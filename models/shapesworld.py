@@ -322,6 +322,19 @@ def check_claim(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
                 return oracle_question(fact) + world.YES_NO_SUFFIX, "yes" if truth else "no"
 
 
+def place_check(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
+    """"Is there a X at the Y?" about an object of the scene, at its own place or (half the
+    time) at another one: the check a moved object in an answer needs."""
+    o = rng.choice(scene.objects)
+    cell = o.cell if rng.random() < 0.5 else rng.choice([c for c in range(4) if c != o.cell])
+    truth = any(x.colour == o.colour and x.shape == o.shape and x.cell == cell for x in scene.objects)
+    return f"is there a {o.name} at the {world.CELLS[cell]} ?" + world.YES_NO_SUFFIX, "yes" if truth else "no"
+
+
+def _run_checks(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
+    return (place_check if rng.random() < 0.3 else check_claim)(scene, rng)
+
+
 def _easy_labeler_question(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
     """Only "is there a X in the image?", half about an object that is there."""
     if rng.random() < 0.5:
@@ -360,7 +373,7 @@ def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 500, p
     answer_ids = {a: tok(a, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for a in ("yes", "no")}
 
     def loss(step):
-        make = _easy_labeler_question if step < easy_steps else check_claim
+        make = _easy_labeler_question if step < easy_steps else _run_checks
         picked = [rng.randrange(len(data.scenes)) for _ in range(images)]
         prompts, targets = [], []
         for i in picked:

@@ -18,7 +18,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINES = ("dpo_reward",)
+PIPELINES = ("dpo_reward", "divide_and_conquer")
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ real checkpoints, and the demo's pairs prefer faithful answers."""
 import io
 import json
 import random
+import shutil
 import sqlite3
 
 import pytest
@@ -93,10 +94,32 @@ def test_trained_checkpoints_load_through_the_normal_adapters(tmp_path):
     assert oracle_facts(w.yes_no_question("red circle"), "no.") == ["there is no red circle in the image ."]
 
 
+@pytest.fixture(scope="module")
+def demo_dpo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("demo") / "dpo"
+    return work, json.loads(cli("demo", work, "--records", "40", "--json").stdout.splitlines()[-1])
+
+
 @pytest.mark.timeout(900)
-def test_demo_pairs_prefer_faithful_answers(tmp_path):
-    work = tmp_path / "demo"
-    summary = json.loads(cli("demo", work, "--records", "40", "--json").stdout.splitlines()[-1])
+def test_demo_dnc_pairs_prefer_answers_with_fewer_false_claims(demo_dpo, tmp_path):
+    work = tmp_path / "dnc"
+    shutil.copytree(demo_dpo[0] / "models" / "instruct", work / "models" / "instruct")  # trained once
+    summary = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--json").stdout.splitlines()[-1])
+    quality = json.loads((work / "quality.json").read_text())["divide_and_conquer"]
+    assert quality == summary["quality"]
+    assert quality["pairs"] >= 30
+    assert quality["pair_accuracy"] >= 0.85
+    assert quality["pair_accuracy"] >= quality["random_baseline"] + 0.2
+    con = sqlite3.connect(work / "engine.db")
+    checked = con.execute("SELECT COUNT(*), SUM(p_yes > p_no) FROM judgment").fetchone()
+    assert checked[0] > 600 and 0 < checked[1] < checked[0]  # both verdicts occur
+    status = json.loads(cli("status", work, "--json").stdout)
+    assert all(s["done"] == 60 for s in status["stages"])
+
+
+@pytest.mark.timeout(900)
+def test_demo_pairs_prefer_faithful_answers(demo_dpo):
+    work, summary = demo_dpo
     quality = json.loads((work / "quality.json").read_text())["dpo_reward"]
     assert quality == summary["quality"]
     assert quality["pairs"] >= 20

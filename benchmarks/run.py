@@ -13,6 +13,8 @@
   projected) over the reference's (one question per forward pass, the image encoded each time).
 * split_speedup_vs_reference: replies/s of the split stage's batched generation (all answers
   of several records in one left-padded ``generate``) over one answer at a time.
+* dashboard_10hz_slowdown: a full run's wall time with a dashboard process polling its store
+  ten times a second, over the same run unwatched (1.0 = no slowdown).
 * pairing_1m_seconds / pairing_1m_peak_rss_mb: reward + pair + filter over 1,000,000
   synthetic samples (100,000 records x 10) already in a store, in a fresh process.
 * pairing_scaling_10x: that time over the time for 100,000 samples.
@@ -145,6 +147,51 @@ def dnc_figures(tmp: Path, model_path: str, quick: bool) -> dict:
     return {"check_speedup_vs_reference": round(t_ref / t_ours, 2),
             "split_speedup_vs_reference": round(t_single / t_batch, 2),
             "split_batched_equals_single_share": round(same / n_prompts, 3)}
+
+
+POLLER = """
+import sys, time
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from dpo_engine.store import Store
+from tui.snapshot import take_snapshot
+db = Path({db!r})
+while not db.exists():
+    time.sleep(0.01)
+store = Store(db, create=False)
+polls = 0
+while True:
+    take_snapshot(store, time.time())
+    polls += 1
+    time.sleep(0.1)
+"""
+
+
+def dashboard_figure(tmp: Path, model_path: str, quick: bool) -> dict:
+    """The same small run twice: alone, then watched by a 10 Hz poller in another process."""
+    from dpo_engine.shapesworld import write_dataset
+
+    n = 12 if quick else 32
+    data = write_dataset(tmp / "dash.parquet", n=n, seed=5)
+    times = []
+    for watched in (False, True, False, True):
+        work = tmp / f"dash-{len(times)}"
+        poller = None
+        if watched:
+            code = POLLER.format(repo=str(REPO), db=str(work / "engine.db"))
+            poller = subprocess.Popen([sys.executable, "-c", code])
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dpo_engine", "run", "--dataset", str(data), "--work-dir", str(work),
+                        "--instruct-model", model_path, "--reward-model", model_path, "--sample-k", "10",
+                        "--max-new-tokens", "32", "--batch-size", "4"], check=True, cwd=REPO,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        times.append(time.perf_counter() - t0)
+        if poller:
+            poller.kill()
+            poller.wait()
+    alone, watched_t = (times[0] + times[2]) / 2, (times[1] + times[3]) / 2
+    log(f"dashboard: run {alone:.2f}s alone, {watched_t:.2f}s with a 10 Hz poller")
+    return {"dashboard_10hz_slowdown": round(watched_t / alone, 3)}
 
 
 def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
@@ -299,6 +346,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smaller model workloads (same 1M pairing)")
     parser.add_argument("--skip-pairing", action="store_true", help="leave out the 1M-sample figures")
     parser.add_argument("--only-dnc", action="store_true", help="only the divide_and_conquer figures")
+    parser.add_argument("--only-dashboard", action="store_true", help="only the dashboard figure")
     args = parser.parse_args()
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
@@ -306,6 +354,13 @@ def main() -> None:
         from models.vlm import quiet_transformers
 
         quiet_transformers()
+        if args.only_dashboard:
+            from models.tiny import build_tiny_llava
+
+            figures.update(dashboard_figure(tmp, str(build_tiny_llava(tmp / "small", seed=0, size="small")),
+                                            args.quick))
+            print(json.dumps(figures))
+            return
         if args.only_dnc:
             from models.tiny import build_tiny_llava
 
@@ -316,6 +371,7 @@ def main() -> None:
         figures.update({k: v for k, v in m.items() if k != "model_path"})
         figures.update(dnc_figures(tmp, m["model_path"], args.quick))
         figures.update(overhead_figure(tmp, m["model_path"], args.quick))
+        figures.update(dashboard_figure(tmp, m["model_path"], args.quick))
         if not args.skip_pairing:
             figures.update(pairing_figures(tmp))
     print(json.dumps(figures))

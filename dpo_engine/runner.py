@@ -50,6 +50,12 @@ class StageReport:
     errors: tuple[str, ...] = ()
 
 
+def _merged(first: StageReport, again: StageReport) -> StageReport:
+    return StageReport(first.name, first.computed + again.computed, first.reused, again.failed,
+                       first.tokens + again.tokens, first.seconds + again.seconds,
+                       first.model_seconds + again.model_seconds, first.errors + again.errors)
+
+
 class Runner:
     def __init__(self, store: Store, stages: list, config: RunConfig, observer: Observer | None = None):
         self.store = store
@@ -60,12 +66,45 @@ class Runner:
         self._model_key: Any = None
         self._model: Any = None
         self.model_load_seconds = 0.0
+        self.poll_seconds = 0.2  # how often a paused run looks for "resume"
+        self._paused = False
+        self._retry = False
 
     def run(self) -> list[StageReport]:
         try:
-            return [self._run_stage(stage) for stage in self.stages]
+            reports = [self._run_stage(stage) for stage in self.stages]
+            while self._retry:  # failed records re-queued from the dashboard: another pass
+                self._retry = False
+                again = {r.name: r for r in (self._run_stage(stage) for stage in self.stages)}
+                reports = [_merged(r, again[r.name]) for r in reports]
+            return reports
         finally:
             self._release_model()
+
+    # ------------------------------------------------------------------ control requests
+    def _between_batches(self) -> None:
+        """Honour requests from the dashboard: pause (wait here until resumed), retry failed."""
+        paused = False
+        while True:
+            for action in self.store.take_requests():
+                if action == "pause":
+                    paused = True
+                elif action == "resume":
+                    paused = False
+                elif action == "retry":
+                    if self.store.requeue_failed():
+                        self._retry = True
+            if not paused:
+                if self._paused:
+                    self._paused = False
+                    self.store.heartbeat("running")
+                    getattr(self.observer, "paused", lambda flag: None)(False)
+                return
+            if not self._paused:
+                self._paused = True
+                self.store.heartbeat("paused")
+                getattr(self.observer, "paused", lambda flag: None)(True)
+            time.sleep(self.poll_seconds)
 
     # ------------------------------------------------------------------ models
     def _model_for(self, stage) -> Any:
@@ -120,6 +159,7 @@ class Runner:
         after = -1
         model, loaded, busy_before = None, False, 0.0
         while True:
+            self._between_batches()
             rids = self.store.pending(stage.name, h, upstream, after=after, limit=size)
             if not rids:
                 break

@@ -126,6 +126,20 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (stage, rid, inner_idx)
     );
     """,
+    # 3: the live view. The running process says who and where it is and beats a heartbeat;
+    # a sampler records the devices' load over time, so a dashboard opened later sees it.
+    """
+    CREATE TABLE process (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        pid INTEGER, host TEXT, started REAL, heartbeat REAL, finished REAL, state TEXT,
+        models TEXT
+    );
+    CREATE TABLE device_sample (
+        id INTEGER PRIMARY KEY, ts REAL NOT NULL, device TEXT NOT NULL, util REAL,
+        mem_used REAL, mem_total REAL
+    );
+    CREATE INDEX metric_ts ON metric(ts);
+    """,
 ]
 
 # Which table each kind of output lands in, and the (column, value) that scopes it to its
@@ -187,6 +201,69 @@ class InvalidRecord:
     idx: str | None
     error: str
     source: str
+
+
+CONTROL_ACTIONS = ("pause", "resume", "retry")
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int | None
+    host: str | None
+    started: float | None
+    heartbeat: float | None
+    finished: float | None
+    state: str | None  # running, paused, finished, failed (as the process last wrote it)
+    models: dict
+
+
+@dataclass(frozen=True)
+class DeviceSample:
+    ts: float
+    device: str
+    util: float | None  # percent
+    mem_used: float | None  # bytes
+    mem_total: float | None
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    ts: float
+    stage: str
+    items: int
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str
+    rid: int
+    idx: str | None
+    error: str | None
+    attempts: int
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class AnswerDetail:
+    inner_idx: int
+    text: str
+    reward: tuple[float, float] | None  # (sum, avg), dpo_reward
+    score: int | None  # divide_and_conquer
+    claims: tuple[tuple, ...]  # (fact, question, p_yes, p_no)
+
+
+@dataclass(frozen=True)
+class RecordDetail:
+    rid: int
+    idx: str | None
+    question: str | None
+    image: bytes | None
+    valid: bool
+    error: str | None
+    answers: list[AnswerDetail]
+    pairs: list[tuple[int, int, bool]]  # (chosen, rejected, kept in the output)
 
 
 @dataclass(frozen=True)
@@ -587,6 +664,109 @@ class Store:
         return [SampleRow(*row) for row in self.conn.execute(
             "SELECT rid, inner_idx, text, n_tokens, n_words, text_hash FROM sample WHERE rid = ?"
             " ORDER BY inner_idx", (rid,))]
+
+    # ------------------------------------------------------------------ the live process
+    def process_started(self, pid: int, host: str, models: dict[str, str]) -> None:
+        now = time.time()
+        with self.transaction() as c:
+            c.execute("INSERT INTO process (id, pid, host, started, heartbeat, finished, state, models)"
+                      " VALUES (1, ?, ?, ?, ?, NULL, 'running', ?) ON CONFLICT(id) DO UPDATE SET"
+                      " pid = excluded.pid, host = excluded.host, started = excluded.started,"
+                      " heartbeat = excluded.heartbeat, finished = NULL, state = 'running',"
+                      " models = excluded.models", (pid, host, now, now, json.dumps(models)))
+            # Requests left from an earlier run do not apply to this one.
+            c.execute("UPDATE control SET handled = ? WHERE handled IS NULL AND action != 'retry'", (now,))
+
+    def heartbeat(self, state: str | None = None) -> None:
+        sql = "UPDATE process SET heartbeat = ?" + (", state = ?" if state else "") + " WHERE id = 1"
+        with self.transaction() as c:
+            c.execute(sql, (time.time(), state) if state else (time.time(),))
+
+    def process_finished(self, state: str = "finished") -> None:
+        now = time.time()
+        with self.transaction() as c:
+            c.execute("UPDATE process SET finished = ?, heartbeat = ?, state = ? WHERE id = 1", (now, now, state))
+
+    def process_info(self) -> ProcessInfo | None:
+        row = self.conn.execute(
+            "SELECT pid, host, started, heartbeat, finished, state, models FROM process WHERE id = 1").fetchone()
+        if row is None:
+            return None
+        return ProcessInfo(*row[:6], json.loads(row[6] or "{}"))
+
+    def add_device_samples(self, samples: list[tuple[str, float | None, float | None, float | None]]) -> None:
+        now = time.time()
+        with self.transaction() as c:
+            c.executemany("INSERT INTO device_sample (ts, device, util, mem_used, mem_total) VALUES (?, ?, ?, ?, ?)",
+                          [(now, *s) for s in samples])
+
+    def device_samples(self, since: float) -> list[DeviceSample]:
+        return [DeviceSample(*row) for row in self.conn.execute(
+            "SELECT ts, device, util, mem_used, mem_total FROM device_sample WHERE ts >= ? ORDER BY ts, id",
+            (since,))]
+
+    def metrics_since(self, since: float) -> list[MetricRow]:
+        """Per-batch throughput rows (ts, stage, items, tokens, seconds), oldest first."""
+        return [MetricRow(*row) for row in self.conn.execute(
+            "SELECT ts, stage, items, tokens, seconds FROM metric WHERE ts >= ? ORDER BY ts, id", (since,))]
+
+    def recent_failures(self, limit: int = 20) -> list[Failure]:
+        return [Failure(*row) for row in self.conn.execute(
+            "SELECT s.stage, s.rid, r.idx, s.error, s.attempts, s.finished FROM stage_state s"
+            " JOIN record r USING (rid) WHERE s.status = 'failed' ORDER BY s.finished DESC LIMIT ?", (limit,))]
+
+    # ------------------------------------------------------------------ control requests
+    def request(self, action: str) -> None:
+        """Ask the live run for something ("pause", "resume", "retry"); it acts between batches."""
+        if action not in CONTROL_ACTIONS:
+            raise ValueError(action)
+        with self.transaction() as c:
+            c.execute("INSERT INTO control (ts, action) VALUES (?, ?)", (time.time(), action))
+
+    def take_requests(self) -> list[str]:
+        """The unhandled requests in order, marked handled."""
+        with self.transaction() as c:
+            rows = c.execute("SELECT id, action FROM control WHERE handled IS NULL ORDER BY id").fetchall()
+            if rows:
+                c.execute("UPDATE control SET handled = ? WHERE handled IS NULL", (time.time(),))
+        return [action for _, action in rows]
+
+    def pending_requests(self) -> list[str]:
+        return [a for (a,) in self.conn.execute("SELECT action FROM control WHERE handled IS NULL ORDER BY id")]
+
+    def requeue_failed(self) -> int:
+        """Forget failed states so the failed records are pending again."""
+        with self.transaction() as c:
+            return c.execute("DELETE FROM stage_state WHERE status = 'failed'").rowcount
+
+    # ------------------------------------------------------------------ one record, in full
+    def record_detail(self, rid: int) -> RecordDetail | None:
+        row = self.conn.execute("SELECT rid, idx, question, image, valid, error FROM record WHERE rid = ?",
+                                (rid,)).fetchone()
+        if row is None:
+            return None
+        rewards = {j: (s, a) for j, s, a in self.conn.execute(
+            "SELECT inner_idx, sum, avg FROM reward WHERE rid = ?", (rid,))}
+        scores = dict(self.conn.execute("SELECT inner_idx, score FROM score WHERE rid = ?", (rid,)))
+        claims: dict[int, list[tuple]] = {}
+        for j, fact, question, p_yes, p_no in self.conn.execute(
+            "SELECT f.inner_idx, f.text, q.text, jd.p_yes, jd.p_no FROM fact f"
+            " LEFT JOIN check_question q ON q.rid = f.rid AND q.inner_idx = f.inner_idx AND q.ord = f.ord"
+            " LEFT JOIN judgment jd ON jd.rid = f.rid AND jd.inner_idx = f.inner_idx AND jd.ord = f.ord"
+            " WHERE f.rid = ? ORDER BY f.inner_idx, f.ord", (rid,)):
+            claims.setdefault(j, []).append((fact, question, p_yes, p_no))
+        answers = [AnswerDetail(j, text, rewards.get(j), scores.get(j), tuple(claims.get(j, ())))
+                   for j, text in self.conn.execute(
+                       "SELECT inner_idx, text FROM sample WHERE rid = ? ORDER BY inner_idx", (rid,))]
+        kept = {o for (o,) in self.conn.execute("SELECT ord FROM kept_pair WHERE rid = ?", (rid,))}
+        pairs = [(chosen, rejected, o in kept) for o, chosen, rejected in self.conn.execute(
+            "SELECT ord, chosen, rejected FROM pair WHERE rid = ? ORDER BY ord", (rid,))]
+        return RecordDetail(row[0], row[1], row[2], row[3], bool(row[4]), row[5], answers, pairs)
+
+    def record_ids(self, limit: int = 100_000) -> list[int]:
+        """Ids of records that have answers, for browsing."""
+        return [r for (r,) in self.conn.execute(
+            "SELECT DISTINCT rid FROM sample ORDER BY rid LIMIT ?", (limit,))]
 
     # ------------------------------------------------------------------ status
     def status(self, stage_order: list[str] | None = None) -> StatusSnapshot:

@@ -1,1 +1,1 @@
-"""The Textual dashboard (arrives with the dashboard issue); reads the store's read API only."""
+"""The Textual dashboard: a live view of a run, read from its store (``dpo-engine dashboard``)."""

@@ -122,6 +122,9 @@ def run(
     restart: bool = typer.Option(False, "--restart",
                                  help="Discard this work dir's store and start over."),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
+    dashboard: bool = typer.Option(False, "--dashboard",
+                                   help="Show the live dashboard in this terminal while the run works "
+                                   "(the run goes on in a child process, its log in WORK_DIR/run.log)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
     reward_model_name: Optional[str] = typer.Option(None, "--reward_model_name", hidden=True),
     instruct_model_name: Optional[str] = typer.Option(None, "--instruct_model_name", hidden=True),
@@ -135,6 +138,8 @@ def run(
     computed. Changing a setting recomputes only the stages it affects."""
     from .running import execute
 
+    if dashboard:
+        return _run_with_dashboard(work_dir)
     console = err_console if json_out else Console(soft_wrap=True)
     for name, value in (("--reward_model_name", reward_model_name),
                         ("--instruct_model_name", instruct_model_name)):
@@ -184,6 +189,63 @@ def _reward_side(pipeline: str, reward: str | None, labeler: Path | None, split:
             "labeler_model": str(labeler) if labeler else None,
             "split_model": str(split) if split else None,
             "question_model": str(question) if question else None}
+
+
+def _run_with_dashboard(work_dir: Path) -> None:
+    """The same run in a child process (its output in WORK_DIR/run.log), the dashboard here."""
+    import os
+    import subprocess
+    import time
+
+    from tui.app import Dashboard
+
+    args = [a for a in sys.argv[1:] if a != "--dashboard"]
+    work_dir.mkdir(parents=True, exist_ok=True)
+    log = work_dir / "run.log"
+    with log.open("ab") as fh:
+        child = subprocess.Popen([sys.executable, "-m", "dpo_engine", *args], stdout=fh, stderr=fh,
+                                 env={**os.environ, "COLUMNS": "120"})
+    deadline = time.time() + 120
+    while not (work_dir / DB_NAME).exists() and child.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    if not (work_dir / DB_NAME).exists():
+        child.wait()
+        err_console.print(f"[bold red]error:[/] the run stopped before it started (see {log})", highlight=False)
+        raise typer.Exit(child.returncode or 1)
+    Dashboard(work_dir).run()
+    if child.poll() is None:
+        Console().print(f"the run goes on in the background (pid {child.pid}, log {log}); "
+                        f"`dpo-engine dashboard {work_dir}` shows it again", highlight=False)
+        return
+    Console().print(f"the run ended with exit code {child.returncode} (log {log})", highlight=False)
+    raise typer.Exit(child.returncode)
+
+
+# ---------------------------------------------------------------------------------- dashboard
+@app.command()
+@handle_errors
+def dashboard(
+    work_dir: Path = typer.Argument(..., help="A work dir used by `dpo-engine run` (live, finished or crashed)."),
+    screenshot: Optional[Path] = typer.Option(None, "--screenshot",
+                                              help="Render one frame headless into this SVG file and exit."),
+    interval: float = typer.Option(1.0, "--interval", help="Seconds between polls of the store."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+):
+    """Watch a run: progress and throughput per stage, devices, failures, and the data itself.
+
+    Keys: p pause/resume the run (it stops between batches), r retry failed items, o open the
+    record browser (n/p next/previous, escape back), q quit. The dashboard only reads the store,
+    apart from those requests, and never slows the run."""
+    from tui.app import Dashboard, screenshot as take_screenshot
+
+    Store.in_work_dir(work_dir, create=False).close()  # a clear error for a wrong folder
+    if interval <= 0:
+        raise ConfigError("--interval must be > 0")
+    if screenshot is not None:
+        path = take_screenshot(work_dir, screenshot)
+        Console().print(f"wrote {path}", highlight=False)
+        return
+    Dashboard(work_dir, interval=interval).run()
 
 
 # ---------------------------------------------------------------------------------- status

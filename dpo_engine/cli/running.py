@@ -17,6 +17,7 @@ from ..dataset import open_dataset
 from ..errors import ModelError
 from ..export import export
 from ..ingest import ingest
+from ..monitor import Monitor, identity
 from ..pipelines import stage_hashes
 from ..runner import Runner, StageReport
 from ..store import DB_NAME, Store
@@ -65,6 +66,9 @@ class RichObserver:
     def stage_finished(self, report: StageReport):
         pass
 
+    def paused(self, flag: bool):
+        self.progress.console.print("[yellow]paused[/] (resume from the dashboard)" if flag else "resumed")
+
 
 def _check_model(path: str | None, role: str) -> None:
     from models.family import ModelConfigError, detect_family
@@ -96,7 +100,7 @@ def _versions() -> dict[str, str]:
             "transformers": transformers.__version__, "python": platform.python_version()}
 
 
-def execute(config: RunConfig, *, restart: bool, console: Console) -> dict:
+def execute(config: RunConfig, *, restart: bool, console: Console, observer=None) -> dict:
     from dataclasses import replace
 
     from models.vlm import resolve_device, resolve_dtype, vocabulary_fingerprint
@@ -142,9 +146,19 @@ def execute(config: RunConfig, *, restart: bool, console: Console) -> dict:
         store.save_run(config.pipeline, config.dataset, _public_settings(config), hashes, _versions())
 
         started = time.perf_counter()
-        with RichObserver(console) as observer:
-            reports = Runner(store, stages, config, observer).run()
-        out = export(store, work / OUTPUT, "rlaif-v")
+        pid, host = identity()
+        store.process_started(pid, host, roles)
+        monitor = Monitor(store.path).start()
+        try:
+            with (observer or RichObserver(console)) as obs:
+                reports = Runner(store, stages, config, obs).run()
+            out = export(store, work / OUTPUT, "rlaif-v")
+        except BaseException:
+            monitor.stop()
+            store.process_finished("failed")
+            raise
+        monitor.stop()
+        store.process_finished("finished")
         elapsed = time.perf_counter() - started
         summary = _summarise(store, config, reports, out, elapsed)
     finally:

@@ -1,0 +1,38 @@
+"""Header: pipeline, models, dataset, elapsed time, ETA and the run's state."""
+
+from __future__ import annotations
+
+from rich.table import Table
+from rich.text import Text
+from textual.widgets import Static
+
+from ..snapshot import Snapshot
+from .format import STATE_STYLE, duration
+
+
+class RunHeader(Static):
+    DEFAULT_CSS = """
+    RunHeader {
+        height: auto;
+        padding: 0 1;
+        background: $boost;
+        border-bottom: solid $primary;
+    }
+    """
+
+    def show(self, snap: Snapshot) -> None:
+        grid = Table.grid(expand=True, padding=(0, 2))
+        grid.add_column(ratio=3)
+        grid.add_column(ratio=2, justify="right")
+        title = Text.assemble(("dpo-engine ", "bold"), (snap.pipeline or "?", "bold magenta"), "  ",
+                              (snap.state.upper(), STATE_STYLE.get(snap.state, "")))
+        if snap.pending_requests:
+            title.append(f"  ({', '.join(snap.pending_requests)} requested)", style="yellow")
+        timing = Text.assemble(("elapsed ", "dim"), duration(snap.elapsed), ("   ETA ", "dim"), duration(snap.eta))
+        grid.add_row(title, timing)
+        models = "  ".join(f"{role}: {path.rstrip('/').rsplit('/', 1)[-1]}" for role, path in snap.models.items())
+        total, valid, invalid = snap.records
+        grid.add_row(Text(models or "models: —", style="dim", overflow="ellipsis", no_wrap=True),
+                     Text(f"{snap.dataset or '?'}  {total} records ({invalid} invalid)", style="dim",
+                          overflow="ellipsis", no_wrap=True))
+        self.update(grid)

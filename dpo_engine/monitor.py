@@ -130,10 +130,14 @@ class Monitor:
     def _loop(self) -> None:
         store = Store(self.db_path)
         try:
-            while not self._stop.wait(self.interval):
-                samples = [("cpu", self._cpu.percent(), _rss_bytes(), self._total), *gpu_samples()]
+            while True:
+                stopping = self._stop.wait(self.interval)
+                # One sample per interval, and a last one at the end: a short run has one too.
                 store.heartbeat()
-                store.add_device_samples(samples)
+                store.add_device_samples([("cpu", self._cpu.percent(), _rss_bytes(), self._total),
+                                          *gpu_samples()])
+                if stopping:
+                    return
         finally:
             store.close()
 

@@ -71,6 +71,16 @@ class Snapshot:
         return total
 
 
+    @property
+    def active_eta(self) -> float | None:
+        """Seconds left in the active stage at its recent (else average) rate."""
+        view = next((s for s in self.stages if s.name == self.active), None)
+        if view is None or not view.pending or self.state in ("finished", "not started"):
+            return None
+        speed = view.items_now or view.items_avg
+        return view.pending / speed if speed else None
+
+
 def take_snapshot(store: Store, now: float) -> Snapshot:
     info = store.run_info()
     status = store.status()

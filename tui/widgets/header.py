@@ -28,7 +28,11 @@ class RunHeader(Static):
                               (snap.state.upper(), STATE_STYLE.get(snap.state, "")))
         if snap.pending_requests:
             title.append(f"  ({', '.join(snap.pending_requests)} requested)", style="yellow")
-        timing = Text.assemble(("elapsed ", "dim"), duration(snap.elapsed), ("   ETA ", "dim"), duration(snap.eta))
+        timing = Text.assemble(("elapsed ", "dim"), duration(snap.elapsed), ("   ETA ", "dim"))
+        if snap.eta is not None or snap.active_eta is None:
+            timing.append(duration(snap.eta))
+        else:  # later stages have no rate yet: the active stage's part only
+            timing.append(f"{duration(snap.active_eta)} ({snap.active})")
         grid.add_row(title, timing)
         models = "  ".join(f"{role}: {path.rstrip('/').rsplit('/', 1)[-1]}" for role, path in snap.models.items())
         total, valid, invalid = snap.records

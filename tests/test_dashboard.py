@@ -220,3 +220,25 @@ def test_a_killed_run_shows_as_crashed(tiny_models, demo_parquet, tmp_path):
     assert take_snapshot(store, time.time()).state == "crashed"
     con = sqlite3.connect(db)
     assert con.execute("SELECT finished FROM process").fetchone()[0] is None
+
+
+def test_retry_key_queues_a_request_that_requeues_the_failed_items(tmp_path):
+    from tui.app import Dashboard
+
+    work = frozen_store(tmp_path / "W")
+
+    async def scenario():
+        app = Dashboard(work, interval=0.1)
+        async with app.run_test(size=(120, 40)) as pilot:
+            await asyncio.wait_for(app.first_snapshot.wait(), 30)
+            assert [f.error for f in app.snapshot.failures] == ["RuntimeError: out of memory"]
+            await pilot.press("r")
+            await pilot.pause()
+
+    asyncio.run(scenario())
+    store = Store(work / "engine.db", create=False)
+    assert store.pending_requests() == ["retry"]
+    assert store.take_requests() == ["retry"] and store.take_requests() == []
+    assert store.requeue_failed() == 1
+    assert store.recent_failures() == []
+    assert {s.name: s.pending for s in store.status().stages}["logps_instruct"] == 5

@@ -153,9 +153,9 @@ def execute(config: RunConfig, *, restart: bool, console: Console, observer=None
             with (observer or RichObserver(console)) as obs:
                 reports = Runner(store, stages, config, obs).run()
             out = export(store, work / OUTPUT, "rlaif-v")
-        except BaseException:
+        except BaseException as exc:
             monitor.stop()
-            store.process_finished("failed")
+            store.process_finished("stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
             raise
         monitor.stop()
         store.process_finished("finished")

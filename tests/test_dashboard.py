@@ -242,3 +242,47 @@ def test_retry_key_queues_a_request_that_requeues_the_failed_items(tmp_path):
     assert store.requeue_failed() == 1
     assert store.recent_failures() == []
     assert {s.name: s.pending for s in store.status().stages}["logps_instruct"] == 5
+
+
+def run_gone(work: Path) -> bool:
+    from dpo_engine.monitor import _pid_alive
+
+    if done_count(work / "engine.db", "filter") < 12:
+        return False
+    store = Store(work / "engine.db", create=False)
+    info = store.process_info()
+    store.close()
+    return info is not None and info.finished is not None and not _pid_alive(info.pid)
+
+
+@pytest.mark.timeout(300)
+def test_run_with_dashboard_in_a_real_terminal(tiny_models, demo_parquet, tmp_path):
+    import pty
+    import select
+
+    work = tmp_path / "W"
+    args = [sys.executable, "-m", "dpo_engine", *map(str, run_args(tiny_models, demo_parquet, work)), "--dashboard"]
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: a terminal of 120 x 40
+        os.chdir(REPO)
+        os.environ.update(TERM="xterm-256color", COLUMNS="120", LINES="40", HF_HUB_OFFLINE="1")
+        os.execv(sys.executable, args)
+    screen, sent, started = b"", False, time.time()
+    while time.time() - started < 240:
+        ready, _, _ = select.select([fd], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(fd, 65536)
+            except OSError:
+                break
+            if not chunk:
+                break
+            screen += chunk
+        if not sent and b"logps_instruct" in screen and run_gone(work):
+            os.write(fd, b"q")  # quit once the dashboard has drawn and the run's process has ended
+            sent = True
+    _, status = os.waitpid(pid, 0)
+    text = screen.decode("utf-8", "replace")
+    assert sent and os.waitstatus_to_exitcode(status) == 0
+    assert "the run ended with exit code 0" in text
+    assert (work / "run.log").read_text().count("done in") == 1

@@ -332,7 +332,7 @@ def place_check(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
 
 
 def _run_checks(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
-    return (place_check if rng.random() < 0.3 else check_claim)(scene, rng)
+    return (place_check if rng.random() < 0.4 else check_claim)(scene, rng)
 
 
 def _easy_labeler_question(scene: world.Scene, rng: random.Random) -> tuple[str, str]:
@@ -353,8 +353,8 @@ def _prompt_ids(processor, question: str) -> list[int]:
     return processor.tokenizer(prompt)["input_ids"]
 
 
-def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 500, pool: int = 2000,
-                  images: int = 8, per_image: int = 12) -> Path:
+def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 800, pool: int = 2000,
+                  images: int = 16, per_image: int = 6) -> Path:
     """From ``instruct``; a curriculum: presence checks first, then checks as a run asks them.
 
     Every step draws fresh questions (a fixed question per image is memorised, not learnt):
@@ -495,9 +495,24 @@ def train_text_roles(split_out: Path, question_out: Path, seed: int, log, steps:
                        [_split_example(rng), _question_example(rng)])
 
 
+def _text_lane(split: Path, question: str | Path, seed: int, queue) -> None:
+    """The text models' training, in a process of its own with one thread."""
+    torch.set_num_threads(1)
+    quiet_transformers()
+    train_text_roles(Path(split), Path(question), seed, queue.put)
+
+
 def build_world_models(root: str | Path, *, roles: tuple[str, ...] = ROLES, seed: int = 0,
                        log: Callable[[str], None] = lambda m: None) -> dict[str, Path]:
-    """Train the requested roles into ``root/<role>/`` (a role already there is kept)."""
+    """Train the requested roles into ``root/<role>/`` (a role already there is kept).
+
+    When both the vision models and the text models are to be trained on a machine with more
+    than one core, the text models train at the same time in a second process with one
+    thread: two single-threaded loops get more from two cores than one loop with two threads
+    (1.4x on the 2-core build machine)."""
+    import multiprocessing
+    import queue as queues
+
     quiet_transformers()
     root = Path(root)
     paths = {role: root / role for role in ROLES}
@@ -505,19 +520,54 @@ def build_world_models(root: str | Path, *, roles: tuple[str, ...] = ROLES, seed
     needed = set(roles)
     if needed & {"reward", "labeler"}:
         needed.add("instruct")
-    for role in ROLES:
-        if role not in needed or role in done:
-            continue
-        log(f"training the ShapesWorld {role} model")
-        if role == "instruct":
-            train_instruct(paths[role], seed, log)
-        elif role == "reward":
-            train_reward(paths["instruct"], paths[role], seed, log)
-        elif role == "labeler":
-            train_labeler(paths["instruct"], paths[role], seed, log)
-        elif role in ("split", "question"):
-            train_text_roles(paths["split"], paths["question"], seed, log)
-            done |= {"split", "question"}
+    text = bool(needed & {"split", "question"}) and not {"split", "question"} <= done
+    vision = [r for r in ("instruct", "reward", "labeler") if r in needed and r not in done]
+    lane = lines = None
+    threads = torch.get_num_threads()
+    if text and vision and threads > 1:
+        context = multiprocessing.get_context("spawn")
+        lines = context.Queue()
+        lane = context.Process(target=_text_lane, args=(paths["split"], paths["question"], seed, lines),
+                               daemon=True)
+        lane.start()
+        log("training the ShapesWorld split and question model alongside, in a second process")
+        torch.set_num_threads(threads - 1)
+
+    def drain(wait: bool = False) -> None:
+        while lines is not None:
+            try:
+                log(lines.get(timeout=0.5) if wait and lane.is_alive() else lines.get_nowait())
+            except queues.Empty:
+                if not wait or not lane.is_alive():
+                    return
+
+    try:
+        for role in ROLES:
+            if role not in needed or role in done:
+                continue
+            if role in ("split", "question") and lane is not None:
+                continue
+            log(f"training the ShapesWorld {role} model")
+            if role == "instruct":
+                train_instruct(paths[role], seed, log)
+            elif role == "reward":
+                train_reward(paths["instruct"], paths[role], seed, log)
+            elif role == "labeler":
+                train_labeler(paths["instruct"], paths[role], seed, log)
+            elif role in ("split", "question"):
+                train_text_roles(paths["split"], paths["question"], seed, log)
+                done |= {"split", "question"}
+            drain()
+        if lane is not None:
+            drain(wait=True)
+            lane.join()
+            drain()
+            if lane.exitcode != 0:
+                raise RuntimeError(f"training the split and question model failed (exit code {lane.exitcode})")
+    finally:
+        torch.set_num_threads(threads)
+        if lane is not None and lane.is_alive():
+            lane.terminate()
     return {role: paths[role] for role in roles}
 
 

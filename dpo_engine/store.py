@@ -652,7 +652,7 @@ class Store:
             raise ValueError(table)
         return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
 
-    def duplicate_samples(self, table: str = "sample") -> int:
+    def duplicate_keys(self, table: str = "sample") -> int:
         """How many keys of a per-answer table appear more than once (0 by construction)."""
         keys = {"sample": "rid, inner_idx", "score": "rid, inner_idx", "fact": "rid, inner_idx, ord",
                 "check_question": "rid, inner_idx, ord", "judgment": "rid, inner_idx, ord"}[table]

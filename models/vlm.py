@@ -211,6 +211,18 @@ class ImageTextModel:
         self.model_seconds += time.perf_counter() - t0
         return self._decode(out[:, enc["input_ids"].shape[1]:].cpu(), 1, k)[0]
 
+    def _after_prefix(self, rows: list[list[int]], prefix_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded ids of sequences that continue a cached prefix, and the attention mask
+        over prefix + sequence."""
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), self.tokenizer.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), prefix_len + width), dtype=torch.long)
+        mask[:, :prefix_len] = 1
+        for i, row in enumerate(rows):
+            ids[i, : len(row)] = torch.tensor(row)
+            mask[i, prefix_len : prefix_len + len(row)] = 1
+        return ids, mask
+
     # ----------------------------------------------------------------- scoring
     def answer_ids(self, answer: str) -> list[int]:
         """Token ids scored for an answer: its tokens plus the end-of-turn token."""
@@ -229,13 +241,7 @@ class ImageTextModel:
         head = self.model(**enc, use_cache=True, logits_to_keep=1)
         first_logp = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
         ids = [self.answer_ids(a) for a in answers]
-        width = max(len(x) for x in ids)
-        batch = torch.full((len(ids), width), self.tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros((len(ids), prefix_len + width), dtype=torch.long)
-        mask[:, :prefix_len] = 1
-        for i, row in enumerate(ids):
-            batch[i, : len(row)] = torch.tensor(row)
-            mask[i, prefix_len : prefix_len + len(row)] = 1
+        batch, mask = self._after_prefix(ids, prefix_len)
         cache = head.past_key_values
         cache.batch_repeat_interleave(len(ids))
         body = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device),
@@ -336,13 +342,7 @@ class ImageTextModel:
         out = []
         for start in range(0, len(rows), chunk):
             tails = [r[prefix_len:] for r in rows[start : start + chunk]]
-            width = max(len(t) for t in tails)
-            ids = torch.full((len(tails), width), self.tokenizer.pad_token_id, dtype=torch.long)
-            mask = torch.zeros((len(tails), prefix_len + width), dtype=torch.long)
-            mask[:, :prefix_len] = 1
-            for i, t in enumerate(tails):
-                ids[i, : len(t)] = torch.tensor(t)
-                mask[i, prefix_len : prefix_len + len(t)] = 1
+            ids, mask = self._after_prefix(tails, prefix_len)
             last = torch.tensor([[len(t) - 1] for t in tails], device=self.device)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                 past_key_values=_repeated_cache(layers, len(tails)), use_cache=False,

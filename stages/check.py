@@ -15,6 +15,7 @@ from __future__ import annotations
 from dpo_engine.dataset import decode_image
 from dpo_engine.stage import Batch, JudgmentRow, NoteRow, Outputs, ScoreRow
 
+from ._base import ModelFree
 from ._models import open_image_text_model
 
 
@@ -61,25 +62,15 @@ class CheckStage:
         return out
 
 
-class ScoreStage:
+class ScoreStage(ModelFree):
     name = "score"
     after = ("check",)
     reads = ("samples", "facts", "judgments")
     writes = ("scores", "notes:score")
     scope = "record"
-    model_role = None
 
     def settings(self, config) -> dict:
         return {}
-
-    def batch_size(self, config) -> int:
-        return 2048
-
-    def model_key(self, config):
-        return None
-
-    def open_model(self, config):
-        return None
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()

@@ -19,29 +19,21 @@ import numpy as np
 
 from dpo_engine.stage import Batch, Outputs, PairRow
 
+from ._base import ModelFree
+
 RATIOS = np.round(np.arange(0, 1, 0.02), 2)
 
 
-class ScorePairStage:
+class ScorePairStage(ModelFree):
     name = "pair"
     after = ("score",)
     reads = ("scores",)
     writes = ("pairs",)
     scope = "record"
-    model_role = None
 
     def settings(self, config) -> dict:
         return {"score_gap": config.score_gap, "pairs_per_question": config.pairs_per_question,
                 "seed": config.seed}
-
-    def batch_size(self, config) -> int:
-        return 2048
-
-    def model_key(self, config):
-        return None
-
-    def open_model(self, config):
-        return None
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()
@@ -76,25 +68,15 @@ def best_ratio(chosen_words: np.ndarray, rejected_words: np.ndarray, distinct: n
     return best_r, best_keep
 
 
-class LengthRatioFilterStage:
+class LengthRatioFilterStage(ModelFree):
     name = "filter"
     after = ("pair",)
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     scope = "run"
-    model_role = None
 
     def settings(self, config) -> dict:
         return {"seed": config.seed, "ratios": [float(r) for r in RATIOS]}
-
-    def batch_size(self, config) -> int:
-        return 0
-
-    def model_key(self, config):
-        return None
-
-    def open_model(self, config):
-        return None
 
     def process_run(self, pairs: Iterable[tuple], config) -> list[tuple[int, int]]:
         rows = np.array(list(pairs), dtype=np.int64).reshape(-1, 6)

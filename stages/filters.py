@@ -17,6 +17,8 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from ._base import ModelFree
+
 
 def length_balance(diffs: np.ndarray, limit: float) -> np.ndarray:
     """Boolean mask of pairs kept after popping the largest differences until mean <= limit."""
@@ -35,26 +37,16 @@ def length_balance(diffs: np.ndarray, limit: float) -> np.ndarray:
     return keep
 
 
-class FilterStage:
+class FilterStage(ModelFree):
     name = "filter"
     after = ("pair",)
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     scope = "run"
-    model_role = None
 
     def settings(self, config) -> dict:
         return {"max_pairs_per_idx": config.max_pairs_per_idx,
                 "length_balance": config.length_balance, "seed": config.seed}
-
-    def batch_size(self, config) -> int:
-        return 0
-
-    def model_key(self, config):
-        return None
-
-    def open_model(self, config):
-        return None
 
     def process_run(self, pairs: Iterable[tuple], config) -> list[tuple[int, int]]:
         """``pairs``: (rid, ord, chosen_hash, rejected_hash, chosen_words, rejected_words) by

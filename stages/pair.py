@@ -17,6 +17,8 @@ from __future__ import annotations
 from dpo_engine.stage import Batch, Outputs, PairRow
 from dpo_engine.text import jaccard, ngram_set
 
+from ._base import ModelFree
+
 
 def drop_near_duplicates(texts: list[str], n: int, threshold: float) -> list[int]:
     """Indices of the texts kept, in order."""
@@ -38,27 +40,17 @@ def drop_near_duplicates(texts: list[str], n: int, threshold: float) -> list[int
     return kept
 
 
-class PairStage:
+class PairStage(ModelFree):
     name = "pair"
     after = ("reward",)
     reads = ("samples", "rewards")
     writes = ("pairs",)
     scope = "record"
-    model_role = None
 
     def settings(self, config) -> dict:
         return {"rank": config.rank, "distance": config.distance,
                 "strict_follow_rank": config.strict_follow_rank,
                 "ngram": config.ngram, "jaccard_threshold": config.jaccard_threshold}
-
-    def batch_size(self, config) -> int:
-        return 2048
-
-    def model_key(self, config):
-        return None
-
-    def open_model(self, config):
-        return None
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()

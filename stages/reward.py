@@ -14,26 +14,18 @@ import numpy as np
 
 from dpo_engine.stage import Batch, Outputs, RewardRow
 
+from ._base import ModelFree
 
-class RewardStage:
+
+class RewardStage(ModelFree):
     name = "reward"
     after = ("logps_instruct", "logps_reward")
     reads = ("logprobs",)
     writes = ("rewards",)
     scope = "record"
-    model_role = None
 
     def settings(self, config) -> dict:
         return {"beta": config.beta, "shared_tokenizer": config.shared_tokenizer}
-
-    def batch_size(self, config) -> int:
-        return 2048
-
-    def model_key(self, config):
-        return None
-
-    def open_model(self, config):
-        return None
 
     def process(self, batch: Batch, model, config) -> Outputs:
         beta = config.beta

@@ -286,3 +286,53 @@ def test_run_with_dashboard_in_a_real_terminal(tiny_models, demo_parquet, tmp_pa
     assert sent and os.waitstatus_to_exitcode(status) == 0
     assert "the run ended with exit code 0" in text
     assert (work / "run.log").read_text().count("done in") == 1
+
+
+@pytest.mark.timeout(600)
+def test_retry_request_reruns_failed_items_before_a_live_run_ends(tiny_models, demo_parquet, tmp_path):
+    from dpo_engine.monitor import run_state
+
+    work = tmp_path / "W"
+    db = work / "engine.db"
+    proc = start_run(run_args(tiny_models, demo_parquet, work, "--batch-size", "1", "--max-new-tokens", "48"))
+
+    def state():
+        store = Store(db, create=False)
+        try:
+            return run_state(store.process_info())
+        finally:
+            store.close()
+
+    def ask(action):
+        store = Store(db, create=False)
+        store.request(action)
+        store.close()
+
+    def sample_status(rid):
+        row = con.execute("SELECT status, attempts FROM stage_state WHERE stage = 'sample' AND rid = ?",
+                          (rid,)).fetchone()
+        return row or (None, 0)
+
+    try:
+        wait_for(lambda: done_count(db, "sample") >= 2, what="the first batches")
+        con = sqlite3.connect(db, timeout=30, isolation_level=None)
+        ask("pause")
+        wait_for(lambda: state() == "paused", what="the pause")
+        # A real failure: the last record's image no longer decodes.
+        image = con.execute("SELECT image FROM record WHERE rid = 11").fetchone()[0]
+        con.execute("UPDATE record SET image = x'00' WHERE rid = 11")
+        ask("resume")
+        wait_for(lambda: sample_status(11)[0] == "failed", what="the failure")
+        ask("pause")
+        wait_for(lambda: state() == "paused", what="the second pause")
+        assert proc.poll() is None
+        con.execute("UPDATE record SET image = ? WHERE rid = 11", (image,))
+        ask("retry")
+        ask("resume")
+        assert proc.wait(timeout=300) == 0  # no failure left: the retry pass ran before the end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert sample_status(11) == ("done", 1)  # the failed state was dropped, then done once
+    final = json.loads(cli("status", work, "--json").stdout)
+    assert all(s["done"] == 12 and s["failed"] == 0 for s in final["stages"])

@@ -216,7 +216,7 @@ def test_kill_9_in_split_and_check_then_resume_gives_the_same_dataset(world_mode
     assert a["pairs"] == b["pairs"]
     con = sqlite3.connect(db)
     for table in ("fact", "check_question", "judgment", "score"):
-        assert Store(db, create=False).duplicate_samples(table) == 0
+        assert Store(db, create=False).duplicate_keys(table) == 0
     con_a = sqlite3.connect(tmp_path / "A/engine.db")
     for table in ("fact", "check_question", "judgment", "score"):
         rows = f"SELECT * FROM {table} ORDER BY 1, 2, 3"

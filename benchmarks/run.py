@@ -46,10 +46,10 @@ def log(msg: str) -> None:
 def model_figures(tmp: Path, quick: bool) -> dict:
     import torch
 
-    from dpo_engine.shapesworld import write_dataset
+    from dpo_engine.demo.world import write_dataset
     from dpo_engine.dataset import decode_image, iter_records, open_dataset
-    from models.tiny import build_tiny_llava
-    from models.vlm import ImageTextModel
+    from dpo_engine.models.tiny import build_tiny_llava
+    from dpo_engine.models.hf.vlm import ImageTextModel
 
     torch.manual_seed(0)
     path = build_tiny_llava(tmp / "small", seed=0, size="small")
@@ -97,11 +97,11 @@ def model_figures(tmp: Path, quick: bool) -> dict:
 def dnc_figures(tmp: Path, model_path: str, quick: bool) -> dict:
     import random
 
-    from dpo_engine import shapesworld as world
+    from dpo_engine.demo import world as world
     from dpo_engine.prompts import YES_NO_SUFFIX, cut_words, fill, template
-    from models.textchat import TextChatModel
-    from models.tiny import build_tiny_chat
-    from models.vlm import ImageTextModel
+    from dpo_engine.models.hf.chat import TextChatModel
+    from dpo_engine.models.tiny import build_tiny_chat
+    from dpo_engine.models.hf.vlm import ImageTextModel
 
     rng = random.Random(0)
     labeler = ImageTextModel(model_path, device="auto")
@@ -154,7 +154,7 @@ import sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from dpo_engine.store import Store
-from tui.snapshot import take_snapshot
+from dpo_engine.tui.snapshot import take_snapshot
 db = Path({db!r})
 while not db.exists():
     time.sleep(0.01)
@@ -169,7 +169,7 @@ while True:
 
 def dashboard_figure(tmp: Path, model_path: str, quick: bool) -> dict:
     """The same small run twice: alone, then watched by a 10 Hz poller in another process."""
-    from dpo_engine.shapesworld import write_dataset
+    from dpo_engine.demo.world import write_dataset
 
     n = 12 if quick else 32
     data = write_dataset(tmp / "dash.parquet", n=n, seed=5)
@@ -200,13 +200,13 @@ def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
 
     from dpo_engine.config import RunConfig, model_fingerprint
     from dpo_engine.dataset import open_dataset
-    from dpo_engine.shapesworld import write_dataset
-    from dpo_engine.export import export
+    from dpo_engine.demo.world import write_dataset
+    from dpo_engine.exports import export
     from dpo_engine.ingest import ingest
     from dpo_engine.pipelines import stage_hashes
     from dpo_engine.runner import Runner
     from dpo_engine.store import Store
-    from stages import build_pipeline
+    from dpo_engine.stages import build_pipeline
 
     n = 16 if quick else 48
     data = write_dataset(tmp / "overhead.parquet", n=n, seed=3)
@@ -243,7 +243,7 @@ def populate(db_dir: str, records: int, k: int = 10, seed: int = 0) -> None:
     from dpo_engine.stage import LogprobRow, Outputs, SampleRow
     from dpo_engine.store import Store
     from dpo_engine.text import text_hash
-    from stages import build_pipeline
+    from dpo_engine.stages import build_pipeline
 
     rng = np.random.default_rng(seed)
     vocab = np.array([f"w{i}" for i in range(400)] + ["the", "a", "red", "circle", "square"])
@@ -289,7 +289,7 @@ def pair_run(db_dir: str) -> None:
     """Child process: reward + pair + filter; prints its seconds."""
     from dpo_engine.runner import Runner
     from dpo_engine.store import Store
-    from stages import build_pipeline
+    from dpo_engine.stages import build_pipeline
 
     store = Store.in_work_dir(db_dir)
     t0 = time.perf_counter()
@@ -352,18 +352,18 @@ def main() -> None:
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        from models.vlm import quiet_transformers
+        from dpo_engine.models.hf.vlm import quiet_transformers
 
         quiet_transformers()
         if args.only_dashboard:
-            from models.tiny import build_tiny_llava
+            from dpo_engine.models.tiny import build_tiny_llava
 
             figures.update(dashboard_figure(tmp, str(build_tiny_llava(tmp / "small", seed=0, size="small")),
                                             args.quick))
             print(json.dumps(figures))
             return
         if args.only_dnc:
-            from models.tiny import build_tiny_llava
+            from dpo_engine.models.tiny import build_tiny_llava
 
             figures.update(dnc_figures(tmp, str(build_tiny_llava(tmp / "small", seed=0, size="small")), args.quick))
             print(json.dumps(figures))

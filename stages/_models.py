@@ -6,8 +6,8 @@ from dpo_engine.errors import ModelError
 
 
 def open_image_text_model(path: str, config):
-    from models.family import ModelConfigError
-    from models.vlm import ImageTextModel
+    from dpo_engine.models.family import ModelConfigError
+    from dpo_engine.models.hf.vlm import ImageTextModel
 
     try:
         return ImageTextModel(path, device=config.device, dtype=config.dtype)
@@ -19,8 +19,8 @@ def open_image_text_model(path: str, config):
 
 
 def open_text_chat_model(path: str, config):
-    from models.family import ModelConfigError
-    from models.textchat import TextChatModel
+    from dpo_engine.models.family import ModelConfigError
+    from dpo_engine.models.hf.chat import TextChatModel
 
     try:
         return TextChatModel(path, device=config.device, dtype=config.dtype)

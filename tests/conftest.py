@@ -16,14 +16,14 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
-from dpo_engine import shapesworld  # noqa: E402
+from dpo_engine.demo import world as shapesworld  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
-    from models.tiny import build_tiny_llava
+    from dpo_engine.models.tiny import build_tiny_llava
 
     root = tmp_path_factory.mktemp("models")
     instruct = build_tiny_llava(root / "instruct", seed=0)
@@ -82,7 +82,7 @@ def copy_models(tiny_models, tmp_path):
 def world_models(tmp_path_factory) -> dict[str, Path]:
     """Briefly trained ShapesWorld models for the divide_and_conquer roles: their answers and
     facts are often wrong, but the text models already write ``- `` lists."""
-    from models.shapesworld import train_instruct, train_labeler, train_text_roles
+    from dpo_engine.demo.trainers import train_instruct, train_labeler, train_text_roles
 
     root = tmp_path_factory.mktemp("world")
     quiet = lambda line: None  # noqa: E731

@@ -65,8 +65,8 @@ def test_screenshot_of_a_finished_run_shows_every_stage_with_its_counts(finished
 
 
 def test_pilot_keys_open_the_record_browser_and_refuse_pause_on_a_finished_run(finished_run):
-    from tui.app import Dashboard
-    from tui.widgets.browser import RecordBrowser
+    from dpo_engine.tui.app import Dashboard
+    from dpo_engine.tui.widgets.browser import RecordBrowser
 
     async def scenario():
         app = Dashboard(finished_run, interval=0.1)
@@ -97,7 +97,7 @@ def test_pilot_keys_open_the_record_browser_and_refuse_pause_on_a_finished_run(f
 def test_record_browser_shows_image_question_answers_scores_and_pairs(finished_run):
     from rich.console import Console
 
-    from tui.widgets.browser import render_record
+    from dpo_engine.tui.widgets.browser import render_record
 
     store = Store(finished_run / "engine.db", create=False)
     rid = store.conn.execute("SELECT rid FROM kept_pair ORDER BY position LIMIT 1").fetchone()[0]
@@ -116,7 +116,7 @@ def test_record_browser_shows_image_question_answers_scores_and_pairs(finished_r
 def frozen_store(path: Path) -> Path:
     """A small store written through the store API at fixed times (for pixel-stable snapshots)."""
     import dpo_engine.store as store_module
-    from dpo_engine.shapesworld import write_dataset
+    from dpo_engine.demo.world import write_dataset
     from dpo_engine.dataset import open_dataset
     from dpo_engine.ingest import ingest
     from dpo_engine.stage import Outputs, SampleRow
@@ -145,7 +145,7 @@ def frozen_store(path: Path) -> Path:
 
 
 def test_svg_snapshot_with_time_frozen_matches_the_stored_one(tmp_path):
-    from tui.app import screenshot
+    from dpo_engine.tui.app import screenshot
 
     work = frozen_store(tmp_path / "W")
     out = screenshot(work, tmp_path / "frozen.svg", size=(120, 30), clock=lambda: FROZEN - 90)
@@ -165,7 +165,7 @@ def test_svg_snapshot_with_time_frozen_matches_the_stored_one(tmp_path):
 
 @pytest.mark.timeout(600)
 def test_live_run_counts_move_pause_holds_it_and_resume_finishes_it(tiny_models, demo_parquet, tmp_path):
-    from tui.app import Dashboard, screenshot
+    from dpo_engine.tui.app import Dashboard, screenshot
 
     work = tmp_path / "W"
     db = work / "engine.db"
@@ -207,7 +207,7 @@ def test_live_run_counts_move_pause_holds_it_and_resume_finishes_it(tiny_models,
 
 
 def test_a_killed_run_shows_as_crashed(tiny_models, demo_parquet, tmp_path):
-    from tui.snapshot import take_snapshot
+    from dpo_engine.tui.snapshot import take_snapshot
 
     work = tmp_path / "W"
     db = work / "engine.db"
@@ -223,7 +223,7 @@ def test_a_killed_run_shows_as_crashed(tiny_models, demo_parquet, tmp_path):
 
 
 def test_retry_key_queues_a_request_that_requeues_the_failed_items(tmp_path):
-    from tui.app import Dashboard
+    from dpo_engine.tui.app import Dashboard
 
     work = frozen_store(tmp_path / "W")
 

@@ -12,14 +12,14 @@ import pytest
 from PIL import Image
 
 from conftest import cli, dnc_args
-from dpo_engine import shapesworld as w
+from dpo_engine.demo import world as w
 from dpo_engine.config import RunConfig
 from dpo_engine.errors import ConfigError
 from dpo_engine.prompts import YES_NO_SUFFIX, cut_words, fill, parse_list, template
 from dpo_engine.store import Store
 from dpo_engine.stage import Batch, FactRow, JudgmentRow, SampleRow, ScoreRow
-from stages.check import ScoreStage
-from stages.dnc_pairs import RATIOS, ScorePairStage, best_ratio
+from dpo_engine.stages.check import ScoreStage
+from dpo_engine.stages.dnc_pairs import RATIOS, ScorePairStage, best_ratio
 from test_resume import run_and_kill, summary
 
 
@@ -110,7 +110,7 @@ def test_length_ratio_search_matches_a_plain_loop():
 
 # ------------------------------------------------------------------------------ models
 def test_labeler_check_with_a_shared_image_prefix_matches_one_question_at_a_time(tiny_models):
-    from models.vlm import ImageTextModel
+    from dpo_engine.models.hf.vlm import ImageTextModel
 
     model = ImageTextModel(tiny_models["instruct"], device="cpu")
     yes, no = model.yes_no_ids()
@@ -128,7 +128,7 @@ def test_labeler_check_with_a_shared_image_prefix_matches_one_question_at_a_time
 
 
 def test_text_chat_replies_do_not_depend_on_their_batch(world_models):
-    from models.textchat import TextChatModel
+    from dpo_engine.models.hf.chat import TextChatModel
 
     model = TextChatModel(world_models["split"], device="cpu")
     prompts = [fill(template("split", None), question=w.DESCRIBE, answer=a) for a in (
@@ -176,8 +176,8 @@ def test_prompt_file_changes_recompute_from_its_stage(world_models, demo_parquet
 
 
 def test_unparseable_splits_are_counted_not_lost(world_models, demo_parquet, tmp_path):
-    from models.shapesworld import _text_model
-    from models.tiny import CHAT_TEMPLATE, build_tokenizer
+    from dpo_engine.demo.trainers import _text_model
+    from dpo_engine.models.tiny import CHAT_TEMPLATE, build_tokenizer
 
     tok = build_tokenizer()
     tok.chat_template = CHAT_TEMPLATE

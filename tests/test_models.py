@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.family import ModelConfigError, detect_family
-from models.vlm import ImageTextModel, vocabulary_fingerprint
+from dpo_engine.models.family import ModelConfigError, detect_family
+from dpo_engine.models.hf.vlm import ImageTextModel, vocabulary_fingerprint
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +56,7 @@ def test_prefix_cache_scoring_matches_full_sequences(model):
 
 def test_vocabulary_fingerprint_tells_tokenizers_apart(tiny_models, tmp_path):
     assert vocabulary_fingerprint(tiny_models["instruct"]) == vocabulary_fingerprint(tiny_models["reward"])
-    from models.tiny import build_tokenizer
+    from dpo_engine.models.tiny import build_tokenizer
 
     tok = build_tokenizer()
     tok.add_tokens(["hexagon"])

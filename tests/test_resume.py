@@ -95,7 +95,7 @@ def test_appended_rows_are_picked_up_and_changed_rows_refused(tiny_models, tmp_p
 
 
 def test_new_reward_model_recomputes_from_logps_reward_only(tiny_models, demo_parquet, tmp_path):
-    from models.tiny import build_tiny_llava
+    from dpo_engine.models.tiny import build_tiny_llava
 
     work = tmp_path / "W"
     cli(*run_args(tiny_models, demo_parquet, work))

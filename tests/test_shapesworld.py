@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from conftest import cli
-from dpo_engine import shapesworld as w
+from dpo_engine.demo import world as w
 
 
 def test_rendered_images_hold_exactly_the_truth():
@@ -72,9 +72,9 @@ def test_faithful_answers_read_clean_and_wrong_answers_do_not():
 
 
 def test_trained_checkpoints_load_through_the_normal_adapters(tmp_path):
-    from models.family import detect_family
-    from models.shapesworld import oracle_facts, oracle_question, train_instruct, train_text_roles
-    from models.vlm import ImageTextModel
+    from dpo_engine.models.family import detect_family
+    from dpo_engine.demo.trainers import oracle_facts, oracle_question, train_instruct, train_text_roles
+    from dpo_engine.models.hf.vlm import ImageTextModel
 
     quiet = lambda line: None  # noqa: E731
     a = train_instruct(tmp_path / "a", seed=5, log=quiet, steps=3, pool=32, pretrain_steps=2)

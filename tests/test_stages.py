@@ -8,9 +8,9 @@ import numpy as np
 from dpo_engine.config import RunConfig
 from dpo_engine.stage import Batch, LogprobRow, RewardRow, SampleRow
 from dpo_engine.text import text_hash, word_count
-from stages.filters import FilterStage, length_balance
-from stages.pair import PairStage, drop_near_duplicates
-from stages.reward import RewardStage
+from dpo_engine.stages.filters import FilterStage, length_balance
+from dpo_engine.stages.pair import PairStage, drop_near_duplicates
+from dpo_engine.stages.reward import RewardStage
 
 
 def cfg(**kw):

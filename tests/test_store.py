@@ -52,8 +52,8 @@ def test_reader_sees_committed_rows_while_writer_holds_a_transaction(tmp_path):
 
 
 def test_core_imports_stay_light():
-    code = ("import sys, dpo_engine.store, dpo_engine.runner, dpo_engine.export, dpo_engine.ingest,"
-            " dpo_engine.monitor, dpo_engine.quality;"
+    code = ("import sys, dpo_engine.store, dpo_engine.runner, dpo_engine.exports, dpo_engine.ingest,"
+            " dpo_engine.monitor, dpo_engine.demo.quality;"
             "bad = [m for m in ('torch', 'textual', 'transformers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

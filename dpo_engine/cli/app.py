@@ -198,7 +198,7 @@ def _run_with_dashboard(work_dir: Path) -> None:
     import subprocess
     import time
 
-    from tui.app import Dashboard
+    from dpo_engine.tui.app import Dashboard
 
     args = [a for a in sys.argv[1:] if a != "--dashboard"]
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -237,7 +237,7 @@ def dashboard(
     Keys: p pause/resume the run (it stops between batches), r retry failed items, o open the
     record browser (n/p next/previous, escape back), q quit. The dashboard only reads the store,
     apart from those requests, and never slows the run."""
-    from tui.app import Dashboard, screenshot as take_screenshot
+    from dpo_engine.tui.app import Dashboard, screenshot as take_screenshot
 
     Store.in_work_dir(work_dir, create=False).close()  # a clear error for a wrong folder
     if interval <= 0:
@@ -294,7 +294,7 @@ def export(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ):
     """Write the run's pairs as a parquet dataset in the chosen format."""
-    from ..export import export as do_export
+    from ..exports import export as do_export
 
     store = Store.in_work_dir(work_dir, create=False)
     report = do_export(store, out, fmt)
@@ -338,10 +338,10 @@ def demo(
     2.5 for divide_and_conquer; once per WORK_DIR) into WORK_DIR/models/ROLE/, draws a dataset of coloured-shape images to
     WORK_DIR/data/demo.parquet, runs the pipeline with WORK_DIR as its work dir and writes how
     often the chosen answer hallucinates less than the rejected one to WORK_DIR/quality.json."""
-    from models.shapesworld import build_world_models
+    from dpo_engine.demo.trainers import build_world_models
 
-    from ..quality import quality_report
-    from ..shapesworld import write_dataset
+    from ..demo.quality import quality_report
+    from ..demo.world import write_dataset
     from .running import execute
 
     console = err_console if json_out else Console(soft_wrap=True)

@@ -15,7 +15,7 @@ from .. import __version__
 from ..config import RunConfig, model_fingerprint
 from ..dataset import open_dataset
 from ..errors import ModelError
-from ..export import export
+from ..exports import export
 from ..ingest import ingest
 from ..monitor import Monitor, identity
 from ..pipelines import stage_hashes
@@ -71,7 +71,7 @@ class RichObserver:
 
 
 def _check_model(path: str | None, role: str) -> None:
-    from models.family import ModelConfigError, detect_family
+    from dpo_engine.models.family import ModelConfigError, detect_family
 
     if not path:
         return
@@ -103,8 +103,8 @@ def _versions() -> dict[str, str]:
 def execute(config: RunConfig, *, restart: bool, console: Console, observer=None) -> dict:
     from dataclasses import replace
 
-    from models.vlm import resolve_device, resolve_dtype, vocabulary_fingerprint
-    from stages import build_pipeline
+    from dpo_engine.models.hf.vlm import resolve_device, resolve_dtype, vocabulary_fingerprint
+    from dpo_engine.stages import build_pipeline
 
     config.validate()
     source = open_dataset(config.dataset)  # unreadable data fails here, before any model loads

@@ -18,9 +18,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .dataset import encode_extra
-from .errors import StoreError
-from .stage import (Batch, FactRow, JudgmentRow, LogprobRow, Outputs, QuestionRow, RecordIn, RewardRow,
+from ..dataset import encode_extra
+from ..errors import StoreError
+from ..stage import (Batch, FactRow, JudgmentRow, LogprobRow, Outputs, QuestionRow, RecordIn, RewardRow,
                     SampleRow, ScoreRow)
 
 

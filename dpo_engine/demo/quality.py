@@ -11,9 +11,9 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from .dataset import decode_extra
-from .shapesworld import Scene, read
-from .store import Store
+from ..dataset import decode_extra
+from .world import Scene, read
+from ..store import Store
 
 
 @dataclass(frozen=True)

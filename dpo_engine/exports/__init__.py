@@ -27,9 +27,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .dataset import decode_extra
-from .errors import DpoEngineError
-from .store import Store
+from ..dataset import decode_extra
+from ..errors import DpoEngineError
+from ..store import Store
 
 FORMATS = ("rlaif-v", "trl")
 CHUNK_ROWS = 256

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .family import Family, detect_family
+from ..family import Family, detect_family
 
 
 def resolve_device(device: str) -> str:

@@ -27,12 +27,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from dpo_engine import shapesworld as world
+from dpo_engine.demo import world as world
 from dpo_engine.config import RunConfig
 from dpo_engine.prompts import QUESTION, SPLIT, bullet_list, cut_words, fill
 
-from .tiny import CHAT_TEMPLATE, build_tokenizer
-from .vlm import quiet_transformers
+from dpo_engine.models.tiny import CHAT_TEMPLATE, build_tokenizer
+from dpo_engine.models.hf.vlm import quiet_transformers
 
 ROLES = ("instruct", "reward", "labeler", "split", "question")
 HALLUCINATION_SHARE = 0.5
@@ -579,7 +579,7 @@ def sample_quality(path: str | Path, n: int = 48, k: int = 10, seed: int = 123,
 
     from PIL import Image
 
-    from .vlm import ImageTextModel
+    from dpo_engine.models.hf.vlm import ImageTextModel
 
     rng = random.Random(seed)
     model = ImageTextModel(path, device="cpu")

@@ -6,7 +6,7 @@ and works on whatever objects it is given.
 
 from __future__ import annotations
 
-from .config import settings_hash
+from ..config import settings_hash
 
 # Run order. logps_instruct runs right after sample so the instruct model stays loaded.
 PIPELINES: dict[str, tuple[str, ...]] = {

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .family import detect_family
+from ..family import detect_family
 from .vlm import Generation, SeededSampler, quiet_transformers, resolve_device, resolve_dtype, row_uniforms
 
 

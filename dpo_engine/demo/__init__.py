@@ -1,0 +1,1 @@
+"""The ShapesWorld demo: a miniature world whose truth is known, its trained models, and the quality report."""

@@ -1,0 +1,1 @@
+"""Executors: where a batch runs and which loaded model it runs on."""

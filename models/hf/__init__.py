@@ -1,0 +1,1 @@
+"""The transformers backend: image-text-to-text and text chat models."""

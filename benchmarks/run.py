@@ -196,36 +196,20 @@ def dashboard_figure(tmp: Path, model_path: str, quick: bool) -> dict:
 
 
 def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
-    from dataclasses import replace
-
-    from dpo_engine.config import RunConfig, model_fingerprint
-    from dpo_engine.dataset import open_dataset
+    from dpo_engine import engine
+    from dpo_engine.config import RunConfig
     from dpo_engine.demo.world import write_dataset
-    from dpo_engine.exports import export
-    from dpo_engine.ingest import ingest
-    from dpo_engine.pipelines import stage_hashes
-    from dpo_engine.runner import Runner
-    from dpo_engine.store import Store
-    from dpo_engine.stages import build_pipeline
 
     n = 16 if quick else 48
     data = write_dataset(tmp / "overhead.parquet", n=n, seed=3)
     work = tmp / "overhead-run"
     config = RunConfig(pipeline="dpo_reward", dataset=str(data), work_dir=str(work),
-                       instruct_model=model_path, reward_model=model_path, sample_k=10,
+                       models={"instruct": model_path, "reward": model_path}, sample_k=10,
                        max_new_tokens=32, batch_size=8, device="auto", dtype="float32")
-    config = replace(config, model_fingerprints={"instruct": model_fingerprint(model_path),
-                                                 "reward": model_fingerprint(model_path) + "r"})
     t0 = time.perf_counter()
-    store = Store.in_work_dir(work)
-    ingest(store, open_dataset(data))
-    stages = build_pipeline("dpo_reward")
-    store.save_run("dpo_reward", str(data), {}, stage_hashes(stages, config), {})
-    runner = Runner(store, stages, config)
-    reports = runner.run()
-    export(store, work / "dataset" / "dpo_dataset.parquet")
+    summary = engine.run_pipeline(config)
     wall = time.perf_counter() - t0
-    model_time = sum(r.model_seconds for r in reports) + runner.model_load_seconds
+    model_time = sum(r.model_seconds for r in summary.reports) + summary.model_load_seconds
     share = (wall - model_time) / wall
     log(f"full run: {wall:.2f}s wall, {model_time:.2f}s in model calls and loads -> overhead {share:.3f}")
     return {"engine_overhead_share": round(share, 4), "engine_overhead_run_seconds": round(wall, 2)}
@@ -237,20 +221,18 @@ def populate(db_dir: str, records: int, k: int = 10, seed: int = 0) -> None:
     logps stages marked done under the hashes a run with default settings computes."""
     import numpy as np
 
-    from dpo_engine.config import RunConfig
     from dpo_engine.dataset import RawRecord
     from dpo_engine.pipelines import stage_hashes
     from dpo_engine.stage import LogprobRow, Outputs, SampleRow
+    from dpo_engine.pipelines import get_pipeline
     from dpo_engine.store import Store
     from dpo_engine.text import text_hash
-    from dpo_engine.stages import build_pipeline
 
     rng = np.random.default_rng(seed)
     vocab = np.array([f"w{i}" for i in range(400)] + ["the", "a", "red", "circle", "square"])
     store = Store.in_work_dir(db_dir)
     config = bench_config(db_dir)
-    stages = build_pipeline("dpo_reward")
-    hashes = stage_hashes(stages, config)
+    hashes = stage_hashes(get_pipeline("dpo_reward").stages, config)
     store.save_run("dpo_reward", "synthetic", {}, hashes, {})
     image = (REPO / "benchmarks" / "pixel.png").read_bytes() if (REPO / "benchmarks" / "pixel.png").exists() else b"png"
     chunk = 5000
@@ -281,20 +263,19 @@ def populate(db_dir: str, records: int, k: int = 10, seed: int = 0) -> None:
 def bench_config(work: str):
     from dpo_engine.config import RunConfig
 
-    return RunConfig(pipeline="dpo_reward", dataset="synthetic", work_dir=work, instruct_model="i",
-                     reward_model="r", dtype="float32", model_fingerprints={"instruct": "i", "reward": "r"})
+    return RunConfig(pipeline="dpo_reward", dataset="synthetic", work_dir=work, models={"instruct": "i", "reward": "r"},
+                     dtype="float32", model_fingerprints={"instruct": "i", "reward": "r"})
 
 
 def pair_run(db_dir: str) -> None:
     """Child process: reward + pair + filter; prints its seconds."""
-    from dpo_engine.runner import Runner
+    from dpo_engine import engine
     from dpo_engine.store import Store
-    from dpo_engine.stages import build_pipeline
 
-    store = Store.in_work_dir(db_dir)
     t0 = time.perf_counter()
-    reports = Runner(store, build_pipeline("dpo_reward"), bench_config(db_dir)).run()
+    reports = engine.run_stages(bench_config(db_dir))
     seconds = time.perf_counter() - t0
+    store = Store.in_work_dir(db_dir)
     print(json.dumps({"seconds": seconds, "pairs": store.count("kept_pair"), "peak_rss_mb": peak_rss_mb(),
                       "computed": {r.name: r.computed for r in reports}}))
 
@@ -352,7 +333,7 @@ def main() -> None:
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        from dpo_engine.models.hf.vlm import quiet_transformers
+        from dpo_engine.models.runtime import quiet_transformers
 
         quiet_transformers()
         if args.only_dashboard:

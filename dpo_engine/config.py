@@ -20,13 +20,10 @@ class RunConfig:
     pipeline: str
     dataset: str
     work_dir: str
-    instruct_model: str
-    reward_model: str | None = None
-    # divide_and_conquer: the labeler VLM, the split and question-change text models, and
-    # the prompt template files (None: the templates shipped in dpo_engine/prompts).
-    labeler_model: str | None = None
-    split_model: str | None = None
-    question_model: str | None = None
+    # The checkpoint folder of each model role the pipeline names ("instruct", "reward",
+    # "labeler", "split", "question"); ``model_path`` is the one place that reads it.
+    models: dict[str, str] = field(default_factory=dict)
+    # divide_and_conquer: the prompt template files (None: the ones shipped in dpo_engine/prompts).
     split_prompt: str | None = None
     question_prompt: str | None = None
     chat_temperature: float = 0.2  # split and question-change decoding
@@ -49,15 +46,22 @@ class RunConfig:
     seed: int = 0
     batch_size: int = 4
     device: str = "auto"
-    dtype: str = "auto"  # resolved (e.g. "float32") by the CLI before the run starts
+    dtype: str = "auto"  # resolved (e.g. "float32") by the engine before the run starts
+    backend: str = "hf"  # which model backend opens the checkpoints (dpo_engine.models)
     shared_tokenizer: bool = True  # instruct and reward models map tokens to the same ids
     model_fingerprints: dict[str, str] = field(default_factory=dict)
 
-    def validate(self) -> None:
-        from .pipelines import PIPELINES  # pipelines imports this module: import here
+    def model_path(self, role: str) -> str | None:
+        """The checkpoint configured for a model role, or None."""
+        return self.models.get(role) or None
 
-        if self.pipeline not in PIPELINES:
-            raise ConfigError(f"unknown pipeline {self.pipeline!r}", f"use one of {', '.join(PIPELINES)}")
+    def model_id(self, role: str) -> str | None:
+        """What identifies a role's model in the settings hashes: its fingerprint once the
+        engine has computed it, else its path."""
+        return self.model_fingerprints.get(role, self.model_path(role))
+
+    def validate(self) -> None:
+        """The checks every pipeline shares; a pipeline adds its own (``Pipeline.check``)."""
         checks = [
             (self.sample_k >= 2, "--sample-k must be at least 2 (pairs need two answers)"),
             (self.temperature >= 0, "--temperature must be >= 0"),
@@ -70,29 +74,6 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
-        if self.pipeline == "dpo_reward" and not self.reward_model:
-            raise ConfigError("the dpo_reward pipeline needs --reward-model",
-                              "pass the folder of a DPO-trained reward VLM")
-        if self.pipeline == "divide_and_conquer":
-            missing = [flag for flag, value in (("--labeler-model", self.labeler_model),
-                                                ("--split-model", self.split_model),
-                                                ("--question-model", self.question_model)) if not value]
-            if missing:
-                raise ConfigError(f"the divide_and_conquer pipeline needs {', '.join(missing)}",
-                                  "or pass all three as --reward_model_path labeler,changeq,split")
-            for flag, path in (("--split-prompt", self.split_prompt), ("--question-prompt", self.question_prompt)):
-                if path and not Path(path).is_file():
-                    raise ConfigError(f"{flag} {path} is not a file")
-            more = [
-                (self.chat_max_new_tokens >= 1, "the split/question max new tokens must be >= 1"),
-                (self.prompt_words >= 1, "the prompt word limit must be >= 1"),
-                (0 < self.chat_top_p <= 1, "the split/question top-p must be in (0, 1]"),
-                (self.score_gap >= 1, "the score gap must be >= 1"),
-                (self.pairs_per_question >= 1, "pairs per question must be >= 1"),
-            ]
-            for ok, message in more:
-                if not ok:
-                    raise ConfigError(message)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)

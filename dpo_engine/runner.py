@@ -1,41 +1,27 @@
-"""The runner: claims pending work per stage, batches it, calls the stage, commits the result.
+"""The runner: decides what is pending per stage, hands batches to an executor, commits results.
 
 For each stage in order it asks the store for records still pending under the stage's
-current settings hash, in batches, calls the stage and commits the batch's outputs with the
-records' new state in one transaction. A batch that raises is retried one record at a time,
-so one bad record fails alone and never stops the others. Models are opened only when a
-stage has pending work and are kept while consecutive stages use the same one.
+current settings hash, loads them in batches and streams those batches to the executor; each
+result it gets back is committed, outputs and the records' new state together, in one
+transaction. The runner is the only writer to the store. Where a batch runs and which model
+it runs on is the executor's business (``dpo_engine.executors``); a batch that raises is
+retried there one record at a time, so one bad record fails alone.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
 from .config import RunConfig
+from .executors import Executor
+from .executors.inprocess import InProcessExecutor
+from .observer import Observer, Silent
 from .pipelines import downstream, stage_hashes
-from .stage import Outputs
+from .stage import Batch
 from .store import Store
-
-
-class Observer(Protocol):
-    def stage_started(self, name: str, pending: int, reused: int) -> None: ...
-
-    def batch_done(self, name: str, items: int, tokens: int, failed: int) -> None: ...
-
-    def stage_finished(self, report: StageReport) -> None: ...
-
-
-class _Silent:
-    def stage_started(self, name, pending, reused):
-        pass
-
-    def batch_done(self, name, items, tokens, failed):
-        pass
-
-    def stage_finished(self, report):
-        pass
 
 
 @dataclass
@@ -57,18 +43,21 @@ def _merged(first: StageReport, again: StageReport) -> StageReport:
 
 
 class Runner:
-    def __init__(self, store: Store, stages: list, config: RunConfig, observer: Observer | None = None):
+    def __init__(self, store: Store, stages: Sequence[Any], config: RunConfig, observer: Observer | None = None,
+                 executor: Executor | None = None):
         self.store = store
-        self.stages = stages
+        self.stages = list(stages)
         self.config = config
-        self.observer = observer or _Silent()
-        self.hashes = stage_hashes(stages, config)
-        self._model_key: Any = None
-        self._model: Any = None
-        self.model_load_seconds = 0.0
+        self.observer = observer or Silent()
+        self.executor = executor or InProcessExecutor()
+        self.hashes = stage_hashes(self.stages, config)
         self.poll_seconds = 0.2  # how often a paused run looks for "resume"
         self._paused = False
         self._retry = False
+
+    @property
+    def model_load_seconds(self) -> float:
+        return self.executor.load_seconds
 
     def run(self) -> list[StageReport]:
         try:
@@ -79,7 +68,7 @@ class Runner:
                 reports = [_merged(r, again[r.name]) for r in reports]
             return reports
         finally:
-            self._release_model()
+            self.executor.close()
 
     # ------------------------------------------------------------------ control requests
     def _between_batches(self) -> None:
@@ -98,31 +87,13 @@ class Runner:
                 if self._paused:
                     self._paused = False
                     self.store.heartbeat("running")
-                    getattr(self.observer, "paused", lambda flag: None)(False)
+                    self.observer.paused(False)
                 return
             if not self._paused:
                 self._paused = True
                 self.store.heartbeat("paused")
-                getattr(self.observer, "paused", lambda flag: None)(True)
+                self.observer.paused(True)
             time.sleep(self.poll_seconds)
-
-    # ------------------------------------------------------------------ models
-    def _model_for(self, stage) -> Any:
-        key = stage.model_key(self.config)
-        if key is None:
-            return None
-        if key != self._model_key:
-            self._release_model()
-            t0 = time.perf_counter()
-            self._model = stage.open_model(self.config)
-            self.model_load_seconds += time.perf_counter() - t0
-            self._model_key = key
-        return self._model
-
-    def _release_model(self) -> None:
-        if self._model is not None and hasattr(self._model, "close"):
-            self._model.close()
-        self._model, self._model_key = None, None
 
     # ------------------------------------------------------------------ stages
     def _upstream(self, stage) -> list[tuple[str, str]]:
@@ -152,44 +123,30 @@ class Runner:
         report.reused = 0
         self.observer.batch_done(stage.name, report.computed, 0, 0)
 
-    def _run_batches(self, stage, h: str, upstream, report: StageReport) -> None:
+    def _batches(self, stage, h: str, upstream) -> Iterator[Batch]:
+        """The stage's pending records, a batch at a time, read just before each is handed out."""
         size = stage.batch_size(self.config)
-        later = downstream(self.stages, stage.name)
-        errors: list[str] = []
         after = -1
-        model, loaded, busy_before = None, False, 0.0
         while True:
             self._between_batches()
             rids = self.store.pending(stage.name, h, upstream, after=after, limit=size)
             if not rids:
-                break
+                return
             after = rids[-1]
-            if not loaded:  # only a stage with pending work loads its model
-                model, loaded = self._model_for(stage), True
-                busy_before = getattr(model, "model_seconds", 0.0)
-            t0 = time.perf_counter()
-            outputs = self._process(stage, rids, model)
-            seconds = time.perf_counter() - t0
+            yield self.store.load_batch(rids, stage.reads)
+
+    def _run_batches(self, stage, h: str, upstream, report: StageReport) -> None:
+        later = downstream(self.stages, stage.name)
+        errors: list[str] = []
+        for result in self.executor.map(stage, self._batches(stage, h, upstream), self.config):
+            rids, outputs = result.batch.rids, result.outputs
             self.store.commit(stage.name, h, rids, outputs, writes=stage.writes, downstream=later,
-                              seconds=seconds)
+                              seconds=result.seconds)
             failed = len(outputs.failed)
             report.computed += len(rids) - failed
             report.failed += failed
             report.tokens += outputs.tokens
+            report.model_seconds += result.model_seconds
             errors.extend(f"record {rid}: {err}" for rid, err in outputs.failed.items())
             self.observer.batch_done(stage.name, len(rids), outputs.tokens, failed)
-        if loaded:
-            report.model_seconds = getattr(model, "model_seconds", 0.0) - busy_before
         report.errors = tuple(errors[:20])
-
-    def _process(self, stage, rids: list[int], model) -> Outputs:
-        batch = self.store.load_batch(rids, stage.reads)
-        try:
-            return stage.process(batch, model, self.config)
-        except Exception as exc:  # noqa: BLE001 - any failure of one batch is contained
-            if len(rids) == 1:
-                return Outputs(failed={rids[0]: f"{type(exc).__name__}: {exc}"[:500]})
-        merged = Outputs()
-        for rid in rids:  # find the record(s) at fault; the others still get done
-            merged.merge(self._process(stage, [rid], model))
-        return merged

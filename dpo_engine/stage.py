@@ -4,7 +4,7 @@ Rows are NamedTuples: the store builds hundreds of thousands of them per batch o
 pairing stages, and a tuple is several times cheaper to make than a frozen dataclass.
 
 A stage is a small object that declares what it reads, which settings change its result,
-and which model (if any) it needs; its ``process`` is a plain function of a batch. It never
+and which model role (if any) it needs; its ``process`` is a plain function of a batch. It never
 opens the database and never decides what to skip: the runner does both.
 """
 
@@ -12,10 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
-
-# What a stage may read. The runner fills a Batch with exactly these.
-READS = ("records", "samples", "logprobs", "rewards", "facts", "questions", "judgments", "scores")
-
 
 class RecordIn(NamedTuple):
     rid: int
@@ -117,6 +113,17 @@ class Batch:
     judgments: dict[int, list[JudgmentRow]] = field(default_factory=dict)
     scores: dict[int, list[ScoreRow]] = field(default_factory=dict)
 
+    def subset(self, rids: list[int]) -> Batch:
+        """The same inputs restricted to some of the records (to find the one at fault)."""
+        keep = set(rids)
+
+        def only(rows: dict) -> dict:
+            return {rid: value for rid, value in rows.items() if rid in keep}
+
+        return Batch(list(rids), only(self.records), only(self.samples),
+                     {role: only(rows) for role, rows in self.logprobs.items()}, only(self.rewards),
+                     only(self.facts), only(self.questions), only(self.judgments), only(self.scores))
+
 
 @dataclass
 class Outputs:
@@ -144,16 +151,18 @@ class Outputs:
 
 
 class Stage(Protocol):
+    """A step of a pipeline. It names the model role it needs; it never opens a model itself:
+    the executor opens the model configured for that role and passes it to ``process``."""
+
     name: str
     after: tuple[str, ...]  # stages whose results this one reads
-    reads: tuple[str, ...]
+    reads: tuple[str, ...]  # Batch fields the runner fills: records, samples, logprobs, ...
+    writes: tuple[str, ...]  # output kinds it replaces (the store's OUTPUT_TABLES keys)
     scope: str  # "record" (per record, in batches) or "run" (over the whole run at once)
-    model_role: str | None  # which model it needs ("instruct", "reward"), or None
+    model_role: str | None  # which configured model it needs ("instruct", "labeler", ...), or None
 
     def settings(self, config: Any) -> dict: ...
 
     def batch_size(self, config: Any) -> int: ...
-
-    def open_model(self, config: Any) -> Any: ...
 
     def process(self, batch: Batch, model: Any, config: Any) -> Outputs: ...

@@ -118,7 +118,7 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
         LlavaProcessor,
     )
 
-    from .hf.vlm import quiet_transformers
+    from .runtime import quiet_transformers
 
     quiet_transformers()
     dims = SIZES[size]
@@ -191,7 +191,7 @@ def build_tiny_chat(out_dir: str | Path, *, seed: int = 0, size: str = "small") 
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from .hf.vlm import quiet_transformers
+    from .runtime import quiet_transformers
 
     quiet_transformers()
     dims = SIZES[size]

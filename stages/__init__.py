@@ -1,38 +1,6 @@
-"""The stages, one module each. ``build_pipeline`` turns a pipeline's stage names into objects."""
+"""The stages, one module per stage name. Pipelines (``dpo_engine/pipelines/``) put them in order.
 
-from __future__ import annotations
-
-from dpo_engine.pipelines import PIPELINES
-
-from .check import CheckStage, ScoreStage
-from .dnc_pairs import LengthRatioFilterStage, ScorePairStage
-from .filters import FilterStage
-from .logps import LogpsStage
-from .pair import PairStage
-from .reward import RewardStage
-from .sample import SampleStage
-from .split import QuestionsStage, SplitStage
-
-FACTORIES = {
-    "dpo_reward": {
-        "sample": SampleStage,
-        "logps_instruct": lambda: LogpsStage("instruct"),
-        "logps_reward": lambda: LogpsStage("reward"),
-        "reward": RewardStage,
-        "pair": PairStage,
-        "filter": FilterStage,
-    },
-    "divide_and_conquer": {
-        "sample": SampleStage,
-        "split": SplitStage,
-        "questions": QuestionsStage,
-        "check": CheckStage,
-        "score": ScoreStage,
-        "pair": ScorePairStage,
-        "filter": LengthRatioFilterStage,
-    },
-}
-
-
-def build_pipeline(name: str) -> list:
-    return [FACTORIES[name][stage]() for stage in PIPELINES[name]]
+A stage declares what it reads and writes, the settings that change its result and the model
+role it needs; its ``process`` is a plain function of a batch. It never opens the database or
+a model: the runner and the executor do that.
+"""

@@ -1,4 +1,6 @@
-"""filter: the reference's three filters over all pairs of the run, then a seeded shuffle.
+"""filter: the pairs of the whole run are filtered, then shuffled with the seed.
+
+``FilterStage`` (dpo_reward) applies the reference's three filters:
 
 * same: an exact duplicate pair (same record, same chosen and rejected text) is dropped;
 * num: a pair whose chosen text equals its rejected text is dropped, and at most
@@ -9,6 +11,11 @@
 
 It needs the run's global mean, so it runs over the whole run at once, but reads the pairs
 as a stream and keeps only a few numbers per pair in memory.
+
+``LengthRatioFilterStage`` (divide_and_conquer) runs the length-ratio search: for
+r = 0, 0.02, ..., 0.98 it keeps the pairs with chosen != rejected and
+(rejected words - chosen words) / rejected words <= r, and picks the r whose kept pairs have
+mean chosen and rejected lengths closest (relative to the mean rejected length).
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from collections.abc import Iterable
 import numpy as np
 
 from ._base import ModelFree
+
+RATIOS = np.round(np.arange(0, 1, 0.02), 2)
 
 
 def length_balance(diffs: np.ndarray, limit: float) -> np.ndarray:
@@ -68,5 +77,41 @@ class FilterStage(ModelFree):
         keep = length_balance(np.asarray(diffs, dtype=np.float64), config.length_balance)
         kept_rids = np.asarray(rids, dtype=np.int64)[keep]
         kept_ords = np.asarray(ords, dtype=np.int64)[keep]
+        perm = np.random.default_rng(config.seed).permutation(len(kept_rids))
+        return list(zip(kept_rids[perm].tolist(), kept_ords[perm].tolist()))
+
+
+def best_ratio(chosen_words: np.ndarray, rejected_words: np.ndarray, distinct: np.ndarray) -> tuple[float, np.ndarray]:
+    """The r of the length-ratio search and the mask of pairs it keeps."""
+    ratio = (rejected_words - chosen_words) / np.maximum(rejected_words, 1)
+    best_r, best_gap, best_keep = float(RATIOS[-1]), np.inf, distinct & (ratio <= RATIOS[-1])
+    for r in RATIOS:
+        keep = distinct & (ratio <= r)
+        if not keep.any():
+            continue
+        mean_rejected = rejected_words[keep].mean()
+        gap = abs(chosen_words[keep].mean() - mean_rejected) / max(mean_rejected, 1e-9)
+        if gap < best_gap:
+            best_r, best_gap, best_keep = float(r), gap, keep
+    return best_r, best_keep
+
+
+class LengthRatioFilterStage(ModelFree):
+    name = "filter"
+    after = ("pair",)
+    reads: tuple[str, ...] = ()
+    writes: tuple[str, ...] = ()
+    scope = "run"
+
+    def settings(self, config) -> dict:
+        return {"seed": config.seed, "ratios": [float(r) for r in RATIOS]}
+
+    def process_run(self, pairs: Iterable[tuple], config) -> list[tuple[int, int]]:
+        rows = np.array(list(pairs), dtype=np.int64).reshape(-1, 6)
+        if len(rows) == 0:
+            return []
+        rids, ords, ch, rh, cw, rw = rows.T
+        _, keep = best_ratio(cw.astype(np.float64), rw.astype(np.float64), ch != rh)
+        kept_rids, kept_ords = rids[keep], ords[keep]
         perm = np.random.default_rng(config.seed).permutation(len(kept_rids))
         return list(zip(kept_rids[perm].tolist(), kept_ords[perm].tolist()))

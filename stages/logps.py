@@ -9,13 +9,12 @@ from __future__ import annotations
 from dpo_engine.dataset import decode_image
 from dpo_engine.stage import Batch, LogprobRow, Outputs
 
-from ._models import open_image_text_model
+from ._base import ModelStage
 
 
-class LogpsStage:
+class LogpsStage(ModelStage):
     reads = ("records", "samples")
     after = ("sample",)
-    scope = "record"
 
     def __init__(self, role: str):
         self.role = role
@@ -23,21 +22,8 @@ class LogpsStage:
         self.model_role = role
         self.writes = (f"logprob:{role}",)
 
-    def _path(self, config) -> str:
-        return config.instruct_model if self.role == "instruct" else config.reward_model
-
     def settings(self, config) -> dict:
-        return {"model": config.model_fingerprints.get(self.role, self._path(config)),
-                "dtype": config.dtype}
-
-    def batch_size(self, config) -> int:
-        return config.batch_size
-
-    def model_key(self, config) -> str:
-        return self._path(config)
-
-    def open_model(self, config):
-        return open_image_text_model(self._path(config), config)
+        return {"model": config.model_id(self.role), "dtype": config.dtype}
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()

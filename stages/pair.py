@@ -1,4 +1,6 @@
-"""pair: chosen/rejected candidates within one record's answers, ranked by reward.
+"""pair: chosen/rejected candidates within one record's answers.
+
+``PairStage`` (dpo_reward) ranks the answers by reward:
 
 1. Near-duplicates go first: in answer order, an answer whose word n-gram set has Jaccard
    similarity above the threshold with an already kept answer is dropped.
@@ -10,9 +12,15 @@
 Beyond the reference: a pair needs its chosen answer to out-score its rejected one. With the
 default k=10 and rank=3 the two candidate sets never overlap and this changes nothing; with a
 small k (say 4) they do, and the reference would emit pairs whose "chosen" scored lower.
+
+``ScorePairStage`` (divide_and_conquer): every two answers whose scores differ by at least
+``score_gap`` make a pair, the higher score chosen; then at most ``pairs_per_question`` of
+them are drawn at random, from a stream seeded by (seed, record) so a rerun draws the same.
 """
 
 from __future__ import annotations
+
+import numpy as np
 
 from dpo_engine.stage import Batch, Outputs, PairRow
 from dpo_engine.text import jaccard, ngram_set
@@ -45,7 +53,6 @@ class PairStage(ModelFree):
     after = ("reward",)
     reads = ("samples", "rewards")
     writes = ("pairs",)
-    scope = "record"
 
     def settings(self, config) -> dict:
         return {"rank": config.rank, "distance": config.distance,
@@ -77,4 +84,32 @@ class PairStage(ModelFree):
                 if cs.inner_idx != rs.inner_idx and cr.sum > rr.sum:
                     out.pairs.append(PairRow(rid, order, cs.inner_idx, rs.inner_idx))
                     order += 1
+        return out
+
+
+class ScorePairStage(ModelFree):
+    name = "pair"
+    after = ("score",)
+    reads = ("scores",)
+    writes = ("pairs",)
+
+    def settings(self, config) -> dict:
+        return {"score_gap": config.score_gap, "pairs_per_question": config.pairs_per_question,
+                "seed": config.seed}
+
+    def process(self, batch: Batch, model, config) -> Outputs:
+        out = Outputs()
+        for rid in batch.rids:
+            scores = batch.scores.get(rid, [])
+            candidates = []
+            for i, a in enumerate(scores):
+                for b in scores[i + 1:]:
+                    if abs(a.score - b.score) >= config.score_gap:
+                        hi, lo = (a, b) if a.score > b.score else (b, a)
+                        candidates.append((hi.inner_idx, lo.inner_idx))
+            if len(candidates) > config.pairs_per_question:
+                rng = np.random.default_rng([config.seed, rid])
+                picked = rng.choice(len(candidates), config.pairs_per_question, replace=False)
+                candidates = [candidates[i] for i in picked]
+            out.pairs.extend(PairRow(rid, o, c, r) for o, (c, r) in enumerate(candidates))
         return out

@@ -22,7 +22,6 @@ class RewardStage(ModelFree):
     after = ("logps_instruct", "logps_reward")
     reads = ("logprobs",)
     writes = ("rewards",)
-    scope = "record"
 
     def settings(self, config) -> dict:
         return {"beta": config.beta, "shared_tokenizer": config.shared_tokenizer}

@@ -6,35 +6,25 @@ from dpo_engine.dataset import decode_image
 from dpo_engine.stage import Batch, Outputs, SampleRow
 from dpo_engine.text import text_hash, word_count
 
-from ._models import open_image_text_model
+from ._base import ModelStage
 
 
-class SampleStage:
+class SampleStage(ModelStage):
     name = "sample"
     after: tuple[str, ...] = ()
     reads = ("records",)
     writes = ("samples",)
-    scope = "record"
     model_role = "instruct"
 
     def settings(self, config) -> dict:
         return {
-            "model": config.model_fingerprints.get("instruct", config.instruct_model),
+            "model": config.model_id("instruct"),
             "k": config.sample_k,
             "temperature": config.temperature,
             "max_new_tokens": config.max_new_tokens,
             "seed": config.seed,
             "dtype": config.dtype,
         }
-
-    def batch_size(self, config) -> int:
-        return config.batch_size
-
-    def model_key(self, config) -> str:
-        return config.instruct_model
-
-    def open_model(self, config):
-        return open_image_text_model(config.instruct_model, config)
 
     def process(self, batch: Batch, model, config) -> Outputs:
         records = [batch.records[rid] for rid in batch.rids]

@@ -6,14 +6,20 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, run_args, shapes_rows, write_parquet
+from dpo_engine.cli.app import app
 
-COMMANDS = ["run", "status", "export", "validate", "demo"]
+COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
+
+
+def test_every_registered_command_is_checked():
+    assert {"run", "status", "export", "validate", "demo", "dashboard"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_explains_itself(command):
     out = cli(command, "--help").stdout
     assert "Usage" in out and len(out.split()) > 20
+    assert "--debug" in out  # every command takes the shared --debug option
 
 
 def test_run_status_rerun_and_export(tiny_models, demo_parquet, tmp_path):

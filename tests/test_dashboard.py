@@ -115,15 +115,16 @@ def test_record_browser_shows_image_question_answers_scores_and_pairs(finished_r
 
 def frozen_store(path: Path) -> Path:
     """A small store written through the store API at fixed times (for pixel-stable snapshots)."""
-    import dpo_engine.store as store_module
+    import time
+
     from dpo_engine.demo.world import write_dataset
     from dpo_engine.dataset import open_dataset
     from dpo_engine.ingest import ingest
     from dpo_engine.stage import Outputs, SampleRow
 
     clock = iter(FROZEN - 100 + i for i in range(1000))
-    real = store_module.time.time
-    store_module.time.time = lambda: next(clock)
+    real = time.time  # the store stamps rows with time.time()
+    time.time = lambda: next(clock)
     try:
         data = write_dataset(path.parent / "frozen.parquet", n=6, seed=1)
         store = Store.in_work_dir(path)
@@ -140,7 +141,7 @@ def frozen_store(path: Path) -> Path:
         store.heartbeat()
         store.close()
     finally:
-        store_module.time.time = real
+        time.time = real
     return path
 
 

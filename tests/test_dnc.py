@@ -18,13 +18,14 @@ from dpo_engine.errors import ConfigError
 from dpo_engine.prompts import YES_NO_SUFFIX, cut_words, fill, parse_list, template
 from dpo_engine.store import Store
 from dpo_engine.stage import Batch, FactRow, JudgmentRow, SampleRow, ScoreRow
-from dpo_engine.stages.check import ScoreStage
-from dpo_engine.stages.dnc_pairs import RATIOS, ScorePairStage, best_ratio
+from dpo_engine.stages.filters import RATIOS, best_ratio
+from dpo_engine.stages.pair import ScorePairStage
+from dpo_engine.stages.score import ScoreStage
 from test_resume import run_and_kill, summary
 
 
 def config(**kw) -> RunConfig:
-    return RunConfig(pipeline="divide_and_conquer", dataset="d", work_dir="w", instruct_model="i", **kw)
+    return RunConfig(pipeline="divide_and_conquer", dataset="d", work_dir="w", models={"instruct": "i"}, **kw)
 
 
 # ------------------------------------------------------------------------------ prompts

@@ -1,13 +1,16 @@
 """The transformers adapter on real tiny checkpoints."""
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from dpo_engine.models import ChatModel, Generation, VisionLanguageModel, open_model, vocabulary_fingerprint
 from dpo_engine.models.family import ModelConfigError, detect_family
-from dpo_engine.models.hf.vlm import ImageTextModel, vocabulary_fingerprint
+from dpo_engine.models.hf.vlm import ImageTextModel
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +55,37 @@ def test_prefix_cache_scoring_matches_full_sequences(model):
     for a, b in zip(fast, slow):
         assert np.allclose(a, b, atol=1e-4)
         assert (a <= 0).all()
+
+
+def test_open_model_gives_a_vision_language_model(tiny_models, model):
+    opened = open_model("image-text", tiny_models["instruct"], device="cpu")
+    assert isinstance(opened, ImageTextModel) and isinstance(opened, VisionLanguageModel)
+    assert isinstance(model, VisionLanguageModel) and not isinstance(model, ChatModel)
+    assert opened.model_seconds == 0.0
+    kw = dict(keys=[7], k=2, max_new_tokens=6, temperature=0.7, seed=2)
+    (gens,) = opened.generate(images()[:1], ["describe the image."], **kw)
+    assert all(isinstance(g, Generation) for g in gens)
+    assert gens == model.generate(images()[:1], ["describe the image."], **kw)[0]
+    assert opened.yes_no(images()[0], ["is it red?"]).shape == (1, 2)
+    opened.close()
+
+
+def test_open_model_rejects_unknown_kinds_backends_and_checkpoints(tiny_models, tmp_path):
+    with pytest.raises(ValueError, match="unknown model kind 'video'.*image-text, chat"):
+        open_model("video", tiny_models["instruct"])
+    with pytest.raises(ValueError, match="unknown model backend 'onnx'.*hf"):
+        open_model("image-text", tiny_models["instruct"], backend="onnx")
+    with pytest.raises(ModelConfigError):
+        open_model("image-text", tmp_path, device="cpu")  # no config.json
+    with pytest.raises(ValueError, match="text-only causal LM"):
+        open_model("chat", tiny_models["instruct"], device="cpu")  # an image-text checkpoint
+
+
+def test_importing_the_models_package_does_not_import_torch():
+    code = ("import sys, dpo_engine.models, dpo_engine.models.base, dpo_engine.models.family, "
+            "dpo_engine.models.hf; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
 
 
 def test_vocabulary_fingerprint_tells_tokenizers_apart(tiny_models, tmp_path):

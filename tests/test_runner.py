@@ -29,12 +29,6 @@ class FragileStage:
     def batch_size(self, config):
         return 4
 
-    def model_key(self, config):
-        return None
-
-    def open_model(self, config):
-        return None
-
     def process(self, batch, model, config):
         self.calls.append(list(batch.rids))
         if self.broken in batch.rids:
@@ -45,7 +39,7 @@ class FragileStage:
 def test_a_failing_record_fails_alone_and_is_retried_next_run(tmp_path):
     store = Store.in_work_dir(tmp_path)
     ingest(store, open_dataset(write_parquet(tmp_path / "d.parquet", shapes_rows(6))))
-    config = RunConfig("dpo_reward", "d", str(tmp_path), "i", "r")
+    config = RunConfig("dpo_reward", "d", str(tmp_path), {"instruct": "i", "reward": "r"})
     stage = FragileStage(broken=2)
     (report,) = Runner(store, [stage], config).run()
     assert (report.computed, report.failed) == (5, 1)
@@ -63,8 +57,11 @@ def test_settings_are_checked_before_anything_runs():
     import pytest
 
     from dpo_engine.errors import ConfigError
+    from dpo_engine.pipelines import validate
 
-    for bad in (dict(pipeline="no_such_pipeline"), dict(sample_k=1), dict(reward_model=None)):
-        with pytest.raises(ConfigError):
-            RunConfig(**{**dict(pipeline="dpo_reward", dataset="d", work_dir="w", instruct_model="i",
-                                reward_model="r"), **bad}).validate()
+    good = dict(pipeline="dpo_reward", dataset="d", work_dir="w", models={"instruct": "i", "reward": "r"})
+    assert validate(RunConfig(**good)).name == "dpo_reward"
+    for bad, says in ((dict(pipeline="no_such_pipeline"), "unknown pipeline"), (dict(sample_k=1), "--sample-k"),
+                      (dict(models={"instruct": "i"}), "--reward-model")):
+        with pytest.raises(ConfigError, match=says):
+            validate(RunConfig(**{**good, **bad}))

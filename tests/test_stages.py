@@ -1,7 +1,6 @@
 """The CPU stages on hand-made inputs, checked against straightforward re-derivations."""
 
 import random
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -14,7 +13,7 @@ from dpo_engine.stages.reward import RewardStage
 
 
 def cfg(**kw):
-    base = dict(pipeline="dpo_reward", dataset="d", work_dir="w", instruct_model="i", reward_model="r")
+    base = dict(pipeline="dpo_reward", dataset="d", work_dir="w", models={"instruct": "i", "reward": "r"})
     return RunConfig(**{**base, **kw})
 
 

@@ -4,8 +4,10 @@ import sqlite3
 import subprocess
 import sys
 
+import pytest
 from conftest import REPO, shapes_rows, write_parquet
 from dpo_engine.dataset import open_dataset
+from dpo_engine.errors import StoreError
 from dpo_engine.ingest import ingest
 from dpo_engine.stage import Outputs, SampleRow
 from dpo_engine.store import MIGRATIONS, Store
@@ -57,3 +59,20 @@ def test_core_imports_stay_light():
             "bad = [m for m in ('torch', 'textual', 'transformers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_store_import_is_light():
+    # ``status`` and the dashboard open the store first: it must not pull in the heavy libraries.
+    code = ("import sys, dpo_engine.store;"
+            "bad = [m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'textual', 'sqlite_utils')"
+            " if m in sys.modules]; print(bad)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_a_file_that_is_not_a_store_is_refused(tmp_path):
+    (tmp_path / "engine.db").write_bytes(b"not a database" * 100)
+    with pytest.raises(StoreError, match="is not a usable dpo-engine store"):
+        Store.in_work_dir(tmp_path)
+    with pytest.raises(StoreError, match="does not exist"):
+        Store.in_work_dir(tmp_path / "nowhere", create=False)

@@ -1,5 +1,19 @@
-"""The command-line interface (the composition root: the only place that wires stages in)."""
+"""The command-line interface: parse options, call one engine function, render the result."""
 
-from .app import app, main
+from __future__ import annotations
 
-__all__ = ["app", "main"]
+import sys
+
+
+def main() -> None:
+    from .fast import run_fast
+
+    code = run_fast(sys.argv[1:])
+    if code is not None:
+        sys.exit(code)
+    from .app import app
+
+    app(prog_name="dpo-engine")
+
+
+__all__ = ["main"]

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import functools
-import itertools
 import json
 import sys
-import traceback
-from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from .. import __version__
+from .. import __version__, engine
 from ..config import RunConfig
-from ..errors import ConfigError, DpoEngineError
-from ..store import DB_NAME, Store
+from ..errors import ConfigError
+from ..store import DB_NAME
+from .output import print_status, report_error, status_json
 
 app = typer.Typer(
     name="dpo-engine",
@@ -37,31 +34,23 @@ DATASET_HELP = ("Input dataset: a .parquet (idx, question, image{bytes,path}) or
                 "image as base64 or image_path) file, or a folder of such shards.")
 
 
+# Every command takes --debug; it is read by ``handle_errors``.
+Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks.")]
+
+
 def handle_errors(func):
     """Turn errors into one line and an exit code; a traceback only with --debug."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        debug = kwargs.get("debug", False)
         try:
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except DpoEngineError as exc:
-            if debug:
-                traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {exc.line()}", highlight=False)
-            raise typer.Exit(exc.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("[yellow]interrupted:[/] finished batches are saved; rerun the same "
-                              "command to continue", highlight=False)
-            raise typer.Exit(130) from None
-        except Exception as exc:  # noqa: BLE001 - the last line of defence
-            if debug:
-                traceback.print_exc()
-            err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc} (rerun with --debug "
-                              "for the traceback)", highlight=False)
-            raise typer.Exit(1) from None
+        except BaseException as exc:  # noqa: BLE001 - the last line of defence
+            if isinstance(exc, (SystemExit, GeneratorExit)):
+                raise
+            raise typer.Exit(report_error(exc, err_console, kwargs.get("debug", False))) from None
 
     return wrapper
 
@@ -126,7 +115,7 @@ def run(
     dashboard: bool = typer.Option(False, "--dashboard",
                                    help="Show the live dashboard in this terminal while the run works "
                                    "(the run goes on in a child process, its log in WORK_DIR/run.log)."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: Debug = False,
     reward_model_name: Optional[str] = typer.Option(None, "--reward_model_name", hidden=True),
     instruct_model_name: Optional[str] = typer.Option(None, "--instruct_model_name", hidden=True),
     run_stage: Optional[str] = typer.Option(None, "--run_stage", hidden=True),
@@ -137,7 +126,7 @@ def run(
 
     Resumes by itself: rerun the same command after a crash and only unfinished records are
     computed. Changing a setting recomputes only the stages it affects."""
-    from .running import execute
+    from .render import RichObserver, print_summary
 
     if dashboard:
         return _run_with_dashboard(work_dir)
@@ -150,20 +139,23 @@ def run(
         console.print("[dim]note: stages resume by themselves; --run_stage/--continue_from_stage are ignored[/]")
     if reward_model_python_path:
         console.print("[dim]note: --reward_model_python_path is not needed: all models run in this process[/]")
-    models = _reward_side(pipeline, reward_model, labeler_model, split_model, question_model)
+    models = {"instruct": str(instruct_model),
+              **_reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
     config = RunConfig(
         pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
-        instruct_model=str(instruct_model), **models,
+        models={role: path for role, path in models.items() if path},
         split_prompt=str(split_prompt) if split_prompt else None,
         question_prompt=str(question_prompt) if question_prompt else None,
         sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
         rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype,
     )
-    summary = execute(config, restart=restart, console=console)
+    with RichObserver(console) as observer:
+        summary = engine.run_pipeline(config, observer, restart=restart)
+    print_summary(console, summary)
     if json_out:
-        print(json.dumps(summary))
-    if any(s["failed"] for s in summary["stages"]):
+        print(json.dumps(summary.to_dict()))
+    if summary.failed:
         raise typer.Exit(3)
 
 
@@ -186,10 +178,10 @@ def _reward_side(pipeline: str, reward: str | None, labeler: Path | None, split:
     elif reward and "," in reward:
         raise ConfigError(f"--reward-model {reward!r} lists several paths",
                           "the comma form is for --pipeline_name divide_and_conquer")
-    return {"reward_model": reward,
-            "labeler_model": str(labeler) if labeler else None,
-            "split_model": str(split) if split else None,
-            "question_model": str(question) if question else None}
+    return {"reward": reward,
+            "labeler": str(labeler) if labeler else None,
+            "split": str(split) if split else None,
+            "question": str(question) if question else None}
 
 
 def _run_with_dashboard(work_dir: Path) -> None:
@@ -198,7 +190,7 @@ def _run_with_dashboard(work_dir: Path) -> None:
     import subprocess
     import time
 
-    from dpo_engine.tui.app import Dashboard
+    from ..tui.app import Dashboard
 
     args = [a for a in sys.argv[1:] if a != "--dashboard"]
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -230,16 +222,16 @@ def dashboard(
     screenshot: Optional[Path] = typer.Option(None, "--screenshot",
                                               help="Render one frame headless into this SVG file and exit."),
     interval: float = typer.Option(1.0, "--interval", help="Seconds between polls of the store."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: Debug = False,
 ):
     """Watch a run: progress and throughput per stage, devices, failures, and the data itself.
 
     Keys: p pause/resume the run (it stops between batches), r retry failed items, o open the
     record browser (n/p next/previous, escape back), q quit. The dashboard only reads the store,
     apart from those requests, and never slows the run."""
-    from dpo_engine.tui.app import Dashboard, screenshot as take_screenshot
+    from ..tui.app import Dashboard, screenshot as take_screenshot
 
-    Store.in_work_dir(work_dir, create=False).close()  # a clear error for a wrong folder
+    engine.check_work_dir(work_dir)  # a clear error for a wrong folder
     if interval <= 0:
         raise ConfigError("--interval must be > 0")
     if screenshot is not None:
@@ -255,32 +247,14 @@ def dashboard(
 def status(
     work_dir: Path = typer.Argument(..., help="A work dir used by `dpo-engine run`."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: Debug = False,
 ):
     """Show each stage's done/pending/failed counts and throughput (safe while a run writes)."""
-    store = Store.in_work_dir(work_dir, create=False)
-    snap = store.status()
-    store.close()
+    snap = engine.read_status(work_dir)
     if json_out:
-        print(json.dumps({
-            "pipeline": snap.pipeline,
-            "records": asdict(snap.records),
-            "stages": [asdict(s) for s in snap.stages],
-        }))
-        return
-    console = Console()
-    r = snap.records
-    console.print(f"[bold]{work_dir}[/]  pipeline {snap.pipeline or '?'}  records {r.total} "
-                  f"(valid {r.valid}, invalid {r.invalid})")
-    table = Table("stage", "done", "pending", "failed", "items/s", "tokens/s")
-    for s in snap.stages:
-        table.add_row(s.name, str(s.done), str(s.pending), str(s.failed),
-                      f"{s.items_per_s:.1f}" if s.items_per_s else "-",
-                      f"{s.tokens_per_s:.0f}" if s.tokens_per_s else "-")
-    console.print(table)
-    for s in snap.stages:
-        for reason, n in s.notes.items():
-            console.print(f"  {s.name}: {n} answers with {reason}", highlight=False)
+        print(status_json(snap))
+    else:
+        print_status(Console(), work_dir, snap)
 
 
 # ---------------------------------------------------------------------------------- export
@@ -291,14 +265,10 @@ def export(
     fmt: str = typer.Option("rlaif-v", "--format",
                             help="rlaif-v (the reference's parquet) or trl (TRL DPOTrainer, vision)."),
     out: Path = typer.Option(..., "--out", help="Parquet file to write."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: Debug = False,
 ):
     """Write the run's pairs as a parquet dataset in the chosen format."""
-    from ..exports import export as do_export
-
-    store = Store.in_work_dir(work_dir, create=False)
-    report = do_export(store, out, fmt)
-    store.close()
+    report = engine.export_run(work_dir, out, fmt)
     Console().print(f"wrote {report.pairs} pairs ({fmt}) to [bold]{report.path}[/]")
 
 
@@ -307,13 +277,11 @@ def export(
 @handle_errors
 def validate(
     path: Path = typer.Argument(..., help=DATASET_HELP),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: Debug = False,
 ):
     """Check every row of a dataset. Exit 0: all valid; 1: some rows invalid; 2: unreadable."""
-    from ..validate import validate_dataset
-
     console = Console(highlight=False, soft_wrap=True)
-    report = validate_dataset(path, on_bad=lambda line: console.print(line, markup=False))
+    report = engine.validate_dataset(path, on_bad=lambda line: console.print(line, markup=False))
     console.print(f"{report.total} rows: {report.valid} valid, {report.invalid} invalid")
     raise typer.Exit(1 if report.invalid else 0)
 
@@ -330,7 +298,7 @@ def demo(
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Longest sampled answer."),
     seed: int = typer.Option(0, "--seed", help="Seeds the world, the training and the run."),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    debug: Debug = False,
 ):
     """Run a pipeline in ShapesWorld, a miniature world whose truth is known, and report quality.
 
@@ -338,68 +306,23 @@ def demo(
     2.5 for divide_and_conquer; once per WORK_DIR) into WORK_DIR/models/ROLE/, draws a dataset of coloured-shape images to
     WORK_DIR/data/demo.parquet, runs the pipeline with WORK_DIR as its work dir and writes how
     often the chosen answer hallucinates less than the rejected one to WORK_DIR/quality.json."""
-    from dpo_engine.demo.trainers import build_world_models
-
-    from ..demo.quality import quality_report
-    from ..demo.world import write_dataset
-    from .running import execute
+    from .render import RichObserver, print_quality, print_summary
 
     console = err_console if json_out else Console(soft_wrap=True)
-    models_dir = work_dir / "models"
-    dataset = work_dir / "data" / "demo.parquet"
-    roles = DEMO_ROLES.get(pipeline)
-    if roles is None:
-        raise ConfigError(f"unknown pipeline {pipeline!r}", f"use one of {', '.join(DEMO_ROLES)}")
-    paths = build_world_models(models_dir, roles=roles, seed=seed,
-                               log=lambda line: console.print(f"[dim]{line}[/]", highlight=False))
-    if not dataset.exists():
-        # Multi-claim questions only: on one-token yes/no answers the implicit reward of a model
-        # this small is close to a coin flip (see README), which would say nothing about the engine.
-        write_dataset(dataset, n=records, seed=seed, yes_no_share=0.0)
-    config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
-                       instruct_model=str(paths["instruct"]),
-                       **{f"{role}_model": str(paths[role]) for role in roles if role != "instruct"},
-                       sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed)
-    summary = execute(config, restart=False, console=console)
-    store = Store.in_work_dir(work_dir, create=False)
-    try:
-        report = quality_report(store).to_dict()
-        examples = list(itertools.islice(store.iter_kept_pairs(), 3))
-    finally:
-        store.close()
-    (work_dir / "quality.json").write_text(json.dumps({pipeline: report}, indent=2) + "\n")
-    summary["quality"] = report
-    _print_quality(console, report, examples)
-    console.print(f"models:  {models_dir}/{{{','.join(roles)}}}\ndataset: {dataset}\n"
-                  f"store:   {work_dir / DB_NAME}\noutput:  {summary['output']}\n"
-                  f"quality: {work_dir / 'quality.json'}\n"
-                  f"next:    dpo-engine status {work_dir}", highlight=False)
+    if pipeline not in engine.pipeline_names():
+        raise ConfigError(f"unknown pipeline {pipeline!r}", f"use one of {', '.join(engine.pipeline_names())}")
+    with RichObserver(console) as observer:
+        result = engine.run_demo(work_dir, pipeline=pipeline, records=records, sample_k=sample_k,
+                                 max_new_tokens=max_new_tokens, seed=seed, observer=observer)
+    print_summary(console, result.summary)
+    print_quality(console, result.quality, result.examples)
+    console.print(f"models:  {result.models_dir}/{{{','.join(result.roles)}}}\ndataset: {result.dataset}\n"
+                  f"store:   {Path(work_dir) / DB_NAME}\noutput:  {result.summary.output}\n"
+                  f"quality: {Path(work_dir) / 'quality.json'}\n"
+                  f"next:    dpo-engine status {work_dir}", highlight=False, markup=False)
     if json_out:
-        print(json.dumps(summary))
-
-
-DEMO_ROLES = {"dpo_reward": ("instruct", "reward"),
-              "divide_and_conquer": ("instruct", "split", "question", "labeler")}
-
-
-def _print_quality(console: Console, q: dict, examples: list[dict]) -> None:
-    table = Table("quality (ShapesWorld truth)", "value", title=None)
-    table.add_row("pairs", str(q["pairs"]))
-    table.add_row("pair accuracy (chosen hallucinates less)", f"{q['pair_accuracy']:.3f}")
-    table.add_row("random baseline", f"{q['random_baseline']:.3f}")
-    table.add_row("ties", f"{q['tie_share']:.3f}")
-    table.add_row("chosen with a hallucination", f"{q['chosen_hallucination_rate']:.3f}")
-    table.add_row("rejected with a hallucination", f"{q['rejected_hallucination_rate']:.3f}")
-    table.add_row("samples with a hallucination", f"{q['sample_hallucination_rate']:.3f}")
-    console.print(table)
-    for row in examples:
-        console.print(f"[bold]{row['question']}[/]\n  chosen:   {row['chosen']}\n  rejected: {row['rejected']}",
-                      highlight=False)
+        print(json.dumps({**result.summary.to_dict(), "quality": result.quality}))
 
 
 def main() -> None:
     app(prog_name="dpo-engine")
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

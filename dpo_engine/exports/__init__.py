@@ -1,46 +1,37 @@
 """Write the kept pairs as a parquet dataset, streaming, in the run's (shuffled) order.
 
-Two formats:
+A format is one module of this package that defines ``FORMAT`` (an ``ExportFormat``: its
+``name``, columns, HF features and how it appends one pair); ``formats()`` finds them, so a new
+format is one new file. Modules named ``_*`` are helpers, and a module without ``FORMAT``
+(``claims``) is skipped. ``register_format`` adds one from elsewhere (tests, plugins).
 
-* ``rlaif-v``: the reference's columns ``idx, question, chosen, rejected, image`` plus the
-  carried input columns, and ``logps`` (the instruct model's log-probs of both answers, the
-  six-value JSON list RLAIF-V's trainer accepts as precomputed reference log-probs).
-* ``trl``: TRL's conversational vision preference format: ``images`` (a list of one image),
-  ``prompt``, ``chosen`` and ``rejected`` as message lists, plus ``idx``.
+The caller (the pipeline) adds its own columns to every format with ``ColumnSet``s, e.g.
+``claims.CLAIMS`` for divide_and_conquer; they come after the format's columns.
 
-A divide_and_conquer run adds, in both formats, each answer's score and its claims:
-``chosen_score``, ``rejected_score`` and ``chosen_claims`` / ``rejected_claims``, a list of
-``{fact, question, p_yes, p_no, true}`` (TRL ignores columns it does not know).
-
-Both carry the ``huggingface`` schema metadata that makes ``datasets.load_dataset("parquet")``
-decode the image columns as images.
+Every file carries the ``huggingface`` schema metadata that makes
+``datasets.load_dataset("parquet")`` decode the image columns as images.
 """
 
 from __future__ import annotations
 
-import json
+import functools
+import importlib
 import os
+import pkgutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
-from ..dataset import decode_extra
 from ..errors import DpoEngineError
 from ..store import Store
+from ._arrow import JSON_TO_ARROW, ColumnSet, ExportFormat, atomic_writer, hf_metadata
 
-FORMATS = ("rlaif-v", "trl")
+__all__ = ["CHUNK_ROWS", "ColumnSet", "ExportFormat", "ExportReport", "export", "formats",
+           "register_format"]
+
 CHUNK_ROWS = 256
-IMAGE_TYPE = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
-CLAIMS_TYPE = pa.list_(pa.struct([pa.field("fact", pa.string()), pa.field("question", pa.string()),
-                                  pa.field("p_yes", pa.float64()), pa.field("p_no", pa.float64()),
-                                  pa.field("true", pa.bool_())]))
-CLAIM_COLUMNS = ("chosen_score", "rejected_score", "chosen_claims", "rejected_claims")
-MESSAGE_TYPE = pa.list_(pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())]))
-_JSON_TO_ARROW = {"integer": pa.int64(), "real": pa.float64(), "text": pa.string(), "bool": pa.bool_()}
-_ARROW_TO_VALUE = {pa.int64(): "int64", pa.float64(): "float64", pa.string(): "string", pa.bool_(): "bool"}
 
 
 @dataclass(frozen=True)
@@ -52,116 +43,86 @@ class ExportReport:
     mean_rejected_words: float
 
 
-def _value(arrow_type: pa.DataType) -> dict:
-    return {"dtype": _ARROW_TO_VALUE[arrow_type], "_type": "Value"}
+@functools.cache
+def _registry() -> dict[str, ExportFormat]:
+    found: dict[str, ExportFormat] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        fmt = getattr(module, "FORMAT", None)
+        if fmt is None:
+            continue
+        if fmt.name in found:
+            raise RuntimeError(f"export format {fmt.name!r} is defined twice (again in {module.__name__})")
+        found[fmt.name] = fmt
+    return found
 
 
-def _hf_metadata(features: dict) -> dict[bytes, bytes]:
-    return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+def formats() -> dict[str, ExportFormat]:
+    """Every known format by name: this package's modules' ``FORMAT``s, then registered ones."""
+    return dict(_registry())
 
 
-def _atomic_writer(path: Path, schema: pa.Schema):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    return tmp, pq.ParquetWriter(tmp, schema, compression="zstd")
+def register_format(fmt: ExportFormat, *, replace: bool = False) -> ExportFormat:
+    """Make ``fmt`` usable as ``export(..., fmt.name)`` without a module in this package."""
+    registry = _registry()
+    if not replace and registry.get(fmt.name, fmt) is not fmt:
+        raise ValueError(f"export format {fmt.name!r} already exists (pass replace=True)")
+    registry[fmt.name] = fmt
+    return fmt
 
 
-def export(store: Store, out: str | Path, fmt: str = "rlaif-v") -> ExportReport:
-    if fmt not in FORMATS:
-        raise DpoEngineError(f"unknown export format {fmt!r}", f"use one of {', '.join(FORMATS)}")
+def export(store: Store, out: str | Path, fmt: str = "rlaif-v",
+           columns: Sequence[ColumnSet] = ()) -> ExportReport:
+    """Write the kept pairs to ``out`` in format ``fmt``, plus the ``columns`` sets' columns."""
+    known = formats()
+    if fmt not in known:
+        raise DpoEngineError(f"unknown export format {fmt!r}", f"use one of {', '.join(known)}")
+    form = known[fmt]
     out = Path(out)
     if store.count("kept_pair") == 0 and store.count("pair") == 0 and store.count("sample") == 0:
         raise DpoEngineError(f"{store.path} holds no results yet", "run `dpo-engine run` first")
     idx_type = pa.int64() if store.idx_kind() == "integer" else pa.string()
-    extras = store.extra_column_types()
-    extra_types = {name: _JSON_TO_ARROW.get(kind, pa.string()) for name, kind in extras.items()}
-    if fmt == "rlaif-v":
-        fields = [("idx", idx_type), ("question", pa.string()), ("chosen", pa.string()),
-                  ("rejected", pa.string()), ("image", IMAGE_TYPE), ("logps", pa.string())]
-        fields += [(n, t) for n, t in extra_types.items() if n not in {f for f, _ in fields}]
-        features = {n: ({"_type": "Image"} if n == "image" else _value(t)) for n, t in fields}
-    else:
-        fields = [("images", pa.list_(IMAGE_TYPE)), ("prompt", MESSAGE_TYPE),
-                  ("chosen", MESSAGE_TYPE), ("rejected", MESSAGE_TYPE), ("idx", idx_type)]
-        message = {"_type": "List", "feature": {"role": _value(pa.string()), "content": _value(pa.string())}}
-        features = {"images": {"_type": "List", "feature": {"_type": "Image"}}, "prompt": message,
-                    "chosen": message, "rejected": message, "idx": _value(idx_type)}
-    info = store.run_info()
-    claims = info is not None and info.pipeline == "divide_and_conquer"
-    if claims:
-        claim_feature = {"_type": "List", "feature": {
-            "fact": _value(pa.string()), "question": _value(pa.string()), "p_yes": _value(pa.float64()),
-            "p_no": _value(pa.float64()), "true": _value(pa.bool_())}}
-        fields = [(n, t) for n, t in fields if n not in CLAIM_COLUMNS]
-        fields += [("chosen_score", pa.int64()), ("rejected_score", pa.int64()),
-                   ("chosen_claims", CLAIMS_TYPE), ("rejected_claims", CLAIMS_TYPE)]
-        features = {n: v for n, v in features.items() if n not in CLAIM_COLUMNS}
-        features.update(chosen_score=_value(pa.int64()), rejected_score=_value(pa.int64()),
-                        chosen_claims=claim_feature, rejected_claims=claim_feature)
-    schema = pa.schema([pa.field(n, t) for n, t in fields], metadata=_hf_metadata(features))
-    tmp, writer = _atomic_writer(out, schema)
-    columns: dict[str, list] = {n: [] for n, _ in fields}
-    n_pairs = 0
+    added = [name for cs in columns for name, _ in cs.fields]
+    extra_types = {name: JSON_TO_ARROW.get(kind, pa.string())
+                   for name, kind in store.extra_column_types().items() if name not in added}
+    fields = list(form.fields(idx_type, extra_types))
+    features = dict(form.features(idx_type, extra_types))
+    own = {name for name, _ in fields}
+    clash = sorted({name for i, name in enumerate(added) if name in own or name in added[:i]})
+    if clash:
+        raise ValueError(f"columns {clash} given twice by format {form.name!r} and column sets"
+                         f" {[cs.name for cs in columns]}")
+    for cs in columns:
+        fields += list(cs.fields)
+        features.update(cs.features)
+    schema = pa.schema([pa.field(n, t) for n, t in fields], metadata=hf_metadata(features))
+    tmp, writer = atomic_writer(out, schema)
+    batch: dict[str, list] = {n: [] for n, _ in fields}
+    n_pairs = pending = 0
     chosen_words = rejected_words = 0
     rids: set[int] = set()
     try:
         for row in store.iter_kept_pairs():
             n_pairs += 1
+            pending += 1
             rids.add(row["rid"])
             chosen_words += row["chosen_words"]
             rejected_words += row["rejected_words"]
-            _append(columns, row, fmt, extra_types)
-            if claims:
-                for side in ("chosen", "rejected"):
-                    answer = row[f"{side}_idx"]
-                    columns[f"{side}_score"].append(store.score_of(row["rid"], answer))
-                    columns[f"{side}_claims"].append([
-                        {"fact": f, "question": q, "p_yes": py, "p_no": pn,
-                         "true": None if py is None else py > pn}
-                        for f, q, py, pn in store.claims_of(row["rid"], answer)])
-            if len(columns["idx"]) >= CHUNK_ROWS:
-                writer.write_table(pa.table(columns, schema=schema))
-                columns = {n: [] for n, _ in fields}
-        if columns["idx"] or n_pairs == 0:
-            writer.write_table(pa.table(columns, schema=schema))
+            form.append(batch, row, extra_types)
+            for cs in columns:
+                values = cs.values(store, row)
+                for name, _ in cs.fields:
+                    batch[name].append(values[name])
+            if pending >= CHUNK_ROWS:
+                writer.write_table(pa.table(batch, schema=schema))
+                batch = {n: [] for n, _ in fields}
+                pending = 0
+        if pending or n_pairs == 0:
+            writer.write_table(pa.table(batch, schema=schema))
     finally:
         writer.close()
     os.replace(tmp, out)
     return ExportReport(out, n_pairs, len(rids), chosen_words / n_pairs if n_pairs else 0.0,
                         rejected_words / n_pairs if n_pairs else 0.0)
-
-
-def _append(columns: dict, row: dict, fmt: str, extra_types: dict) -> None:
-    idx = json.loads(row["idx_value"])
-    image = {"bytes": row["image"], "path": row["image_path"] or None}
-    if fmt == "trl":
-        columns["images"].append([image])
-        columns["prompt"].append([{"role": "user", "content": row["question"]}])
-        columns["chosen"].append([{"role": "assistant", "content": row["chosen"]}])
-        columns["rejected"].append([{"role": "assistant", "content": row["rejected"]}])
-        columns["idx"].append(idx)
-        return
-    columns["idx"].append(idx)
-    columns["question"].append(row["question"])
-    columns["chosen"].append(row["chosen"])
-    columns["rejected"].append(row["rejected"])
-    columns["image"].append(image)
-    columns["logps"].append(_logps(row))
-    extra = decode_extra(row["extra"])
-    for name, arrow_type in extra_types.items():
-        if name not in columns or name in {"idx", "question", "chosen", "rejected", "image", "logps",
-                                           *CLAIM_COLUMNS}:
-            continue
-        value = extra.get(name)
-        if arrow_type == pa.string() and value is not None and not isinstance(value, str):
-            value = json.dumps(value, default=str)
-        columns[name].append(value)
-
-
-def _logps(row: dict) -> str | None:
-    if row["chosen_per_token"] is None or row["rejected_per_token"] is None:
-        return None
-    chosen = np.frombuffer(row["chosen_per_token"], "<f4").tolist()
-    rejected = np.frombuffer(row["rejected_per_token"], "<f4").tolist()
-    return json.dumps([row["chosen_logp"], row["chosen_avg_logp"], chosen,
-                       row["rejected_logp"], row["rejected_avg_logp"], rejected])

@@ -1,38 +1,72 @@
-"""Which stages make each pipeline, and the dependency arithmetic over them.
+"""What a pipeline is, where pipelines are registered, and the dependency arithmetic over stages.
 
-The stage objects live in ``stages/`` (the CLI builds them); this module only knows names
-and works on whatever objects it is given.
+A pipeline is one value: its name, the model roles it needs, its stages in run order, the
+checks it adds to the shared ones, an optional ``prepare`` step that settles facts about the
+models before the run (dpo_reward checks whether the two models share a tokenizer), and the
+extra columns it adds to every export format. Each built-in pipeline is one module in this
+package that defines ``PIPELINE``; modules are found by listing the package, so a new
+pipeline is one new file. ``register`` adds one from anywhere else (a test, a plugin).
 """
 
 from __future__ import annotations
 
-from ..config import settings_hash
+import importlib
+import pkgutil
 
-# Run order. logps_instruct runs right after sample so the instruct model stays loaded.
-PIPELINES: dict[str, tuple[str, ...]] = {
-    "dpo_reward": ("sample", "logps_instruct", "logps_reward", "reward", "pair", "filter"),
-    "divide_and_conquer": ("sample", "split", "questions", "check", "score", "pair", "filter"),
-}
+from ..config import RunConfig
+from ..errors import ConfigError
+from ..roles import INSTRUCT, LABELER, QUESTION, REWARD, SPLIT, Role
+from .base import Pipeline, downstream, stage_hashes
 
-
-def stage_hashes(stages, config) -> dict[str, str]:
-    """Each stage's settings hash, chained through the hashes of the stages it reads."""
-    hashes: dict[str, str] = {}
-    for stage in stages:
-        hashes[stage.name] = settings_hash({
-            "stage": stage.name,
-            "settings": stage.settings(config),
-            "after": {name: hashes[name] for name in stage.after},
-        })
-    return hashes
+_registry: dict[str, Pipeline] = {}
+_discovered = False
 
 
-def downstream(stages, name: str) -> list[str]:
-    """Names of all stages that read, directly or not, from ``name``."""
-    found: list[str] = []
-    frontier = {name}
-    for stage in stages:
-        if frontier & set(stage.after):
-            found.append(stage.name)
-            frontier.add(stage.name)
-    return found
+def register(pipeline: Pipeline) -> Pipeline:
+    """Make a pipeline available by name (``--pipeline NAME``, ``get_pipeline``)."""
+    _registry[pipeline.name] = pipeline
+    return pipeline
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    _discovered = True
+    for info in pkgutil.iter_modules(__path__):
+        if not info.name.startswith("_"):
+            module = importlib.import_module(f"{__name__}.{info.name}")
+            found = getattr(module, "PIPELINE", None)
+            if isinstance(found, Pipeline):
+                _registry.setdefault(found.name, found)
+
+
+def pipeline_names() -> list[str]:
+    _discover()
+    return list(_registry)
+
+
+def get_pipeline(name: str) -> Pipeline:
+    _discover()
+    if name not in _registry:
+        raise ConfigError(f"unknown pipeline {name!r}", f"use one of {', '.join(_registry)}")
+    return _registry[name]
+
+
+def validate(config: RunConfig, pipeline: Pipeline | None = None) -> Pipeline:
+    """All checks of a run's settings, before anything loads: the shared ones, that every
+    role has a model, and the pipeline's own. Returns the pipeline."""
+    pipeline = pipeline or get_pipeline(config.pipeline)
+    config.validate()
+    missing = [role for role in pipeline.roles if not config.model_path(role.name)]
+    if missing:
+        hint = pipeline.missing_hint or (missing[0].hint if len(missing) == 1 else "")
+        raise ConfigError(f"the {pipeline.name} pipeline needs {', '.join(r.flag for r in missing)}",
+                          hint or None)
+    if pipeline.check:
+        pipeline.check(config)
+    return pipeline
+
+
+__all__ = ["INSTRUCT", "LABELER", "QUESTION", "REWARD", "SPLIT", "Pipeline", "Role", "downstream",
+           "get_pipeline", "pipeline_names", "register", "stage_hashes", "validate"]

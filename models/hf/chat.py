@@ -15,8 +15,10 @@ from pathlib import Path
 
 import torch
 
+from ..base import Generation
 from ..family import detect_family
-from .vlm import Generation, SeededSampler, quiet_transformers, resolve_device, resolve_dtype, row_uniforms
+from ..runtime import empty_cache, quiet_transformers, resolve_device, resolve_dtype, synchronize
+from ..sampling import SeededSampler, row_uniforms
 
 
 class TextChatModel:
@@ -79,8 +81,7 @@ class TextChatModel:
         out = self.model.generate(
             input_ids=ids, attention_mask=mask, generation_config=config,
             logits_processor=LogitsProcessorList([SeededSampler(uniforms, temperature, top_p, prompt_len)]))
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
+        synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         results = []
         stops = set(self.stop_ids)
@@ -92,5 +93,4 @@ class TextChatModel:
 
     def close(self) -> None:
         del self.model
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        empty_cache(self.device)

@@ -18,79 +18,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
+from ..base import Generation
 from ..family import Family, detect_family
+from ..runtime import empty_cache, quiet_transformers, resolve_device, resolve_dtype, synchronize
+from ..sampling import SeededSampler, row_uniforms
 
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but torch sees no CUDA device")
-    return device
-
-
-def resolve_dtype(dtype: str, device: str) -> torch.dtype:
-    if dtype == "auto":
-        return torch.bfloat16 if device.startswith("cuda") else torch.float32
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-             "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}
-    if dtype not in table:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, {', '.join(table)}")
-    return table[dtype]
-
-
-def quiet_transformers() -> None:
-    """Silence load-time progress bars and advisory warnings; our CLI shows its own progress."""
-    import transformers
-
-    transformers.utils.logging.set_verbosity_error()
-    transformers.utils.logging.disable_progress_bar()
-
-
-@dataclass(frozen=True)
-class Generation:
-    text: str
-    n_tokens: int
-
-
-class SeededSampler:
-    """A logits processor that samples each row from its own pre-drawn uniform stream.
-
-    It returns logits that are ``-inf`` everywhere but at the drawn token, so ``generate``'s own
-    multinomial draw becomes a formality and the result depends only on this row's stream.
-    """
-
-    def __init__(self, uniforms: torch.Tensor, temperature: float, top_p: float, prompt_len: int):
-        self.uniforms = uniforms
-        self.temperature = max(float(temperature), 1e-5)
-        self.top_p = float(top_p)
-        self.prompt_len = prompt_len
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        step = input_ids.shape[1] - self.prompt_len
-        probs = torch.softmax(scores.float() / self.temperature, dim=-1)
-        if self.top_p < 1.0:
-            sorted_p, order = probs.sort(dim=-1, descending=True)
-            drop = sorted_p.cumsum(-1) - sorted_p > self.top_p
-            sorted_p = sorted_p.masked_fill(drop, 0.0)
-            probs = torch.zeros_like(probs).scatter_(1, order, sorted_p)
-        cdf = probs.cumsum(dim=-1)
-        u = self.uniforms[:, step : step + 1].to(cdf.dtype) * cdf[:, -1:]
-        token = torch.searchsorted(cdf, u).clamp_(max=scores.shape[-1] - 1)
-        out = torch.full_like(scores, float("-inf"))
-        return out.scatter_(1, token, 0.0)
-
-
-def row_uniforms(seed: int, keys: Sequence[tuple[int, ...]], length: int) -> np.ndarray:
-    """One uniform stream per key (e.g. record, answer index), independent of batch composition."""
-    return np.stack([np.random.default_rng([seed, *key]).random(length) for key in keys])
 
 
 class ImageTextModel:
@@ -136,10 +74,6 @@ class ImageTextModel:
             out[key] = value.to(self.device)
         return out
 
-    def _sync(self) -> None:
-        if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     # ----------------------------------------------------------------- sampling
     @torch.inference_mode()
     def generate(self, images: list[Image.Image], questions: list[str], *, keys: Sequence[int],
@@ -180,7 +114,7 @@ class ImageTextModel:
             config.num_return_sequences = k
             out = self.model.generate(input_ids=ids, attention_mask=mask, **enc,
                                       generation_config=config, logits_processor=sampler)
-        self._sync()
+        synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         return self._decode(out[:, prompt_len:].cpu(), len(questions), k)
 
@@ -207,7 +141,7 @@ class ImageTextModel:
         out = self.model.generate(**enc, do_sample=True, temperature=temperature,
                                   max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
                                   pad_token_id=self.tokenizer.pad_token_id)
-        self._sync()
+        synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         return self._decode(out[:, enc["input_ids"].shape[1]:].cpu(), 1, k)[0]
 
@@ -254,7 +188,7 @@ class ImageTextModel:
             rest = logits.gather(1, target[1:, None])[:, 0] - torch.logsumexp(logits, dim=-1)
             values = torch.cat([first_logp[target[:1]], rest])
             results.append(values.cpu().numpy().astype(np.float32))
-        self._sync()
+        synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         return results
 
@@ -287,7 +221,7 @@ class ImageTextModel:
                 target = torch.tensor(row, device=self.device)
                 values = lg.gather(1, target[:, None])[:, 0] - torch.logsumexp(lg, dim=-1)
                 results.append(values.cpu().numpy().astype(np.float32))
-        self._sync()
+        synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         return results
 
@@ -348,7 +282,7 @@ class ImageTextModel:
                                 past_key_values=_repeated_cache(layers, len(tails)), use_cache=False,
                                 logits_to_keep=last).logits
             out.append(self._yes_no_probs(logits.reshape(len(tails), -1), yes, no))
-        self._sync()
+        synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         return np.concatenate(out)
 
@@ -404,14 +338,13 @@ class ImageTextModel:
             enc = self._encode([image] * len(chunk), chunk)  # left padded: the last position is real
             logits = self.model(**enc, logits_to_keep=1).logits[:, -1]
             out.append(self._yes_no_probs(logits, yes, no))
-        self._sync()
+        synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         return np.concatenate(out) if out else np.zeros((0, 2))
 
     def close(self) -> None:
         del self.model
-        if self.device.startswith("cuda"):
-            torch.cuda.empty_cache()
+        empty_cache(self.device)
 
 
 def _repeated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], n: int):
@@ -422,14 +355,3 @@ def _repeated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], n: int):
     for i, (keys, values) in enumerate(layers):
         cache.update(keys.expand(n, *keys.shape[1:]), values.expand(n, *values.shape[1:]), i)
     return cache
-
-
-def vocabulary_fingerprint(path: str | Path) -> str:
-    """A hash of a checkpoint's token -> id map, without loading its weights."""
-    import hashlib
-
-    from transformers import AutoTokenizer
-
-    quiet_transformers()
-    vocab = sorted(AutoTokenizer.from_pretrained(path).get_vocab().items())
-    return hashlib.sha256(repr(vocab).encode()).hexdigest()[:16]

@@ -1,0 +1,53 @@
+"""What every command prints the same way: an error as one line, and a run's status.
+
+Kept apart from the Typer app so that ``status`` can print without building it (see
+``fast.py``). User text is printed as text, never parsed as rich markup.
+"""
+
+from __future__ import annotations
+
+import json
+import traceback
+from dataclasses import asdict
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from ..errors import DpoEngineError
+
+
+def report_error(exc: BaseException, console: Console, debug: bool = False) -> int:
+    """Print an error as one line (a traceback too with ``--debug``); return the exit code."""
+    if isinstance(exc, KeyboardInterrupt):
+        console.print("[yellow]interrupted:[/] finished batches are saved; rerun the same "
+                      "command to continue", highlight=False)
+        return 130
+    if debug:
+        traceback.print_exception(exc)
+    if isinstance(exc, DpoEngineError):
+        console.print(Text.assemble(("error:", "bold red"), f" {exc.line()}"), highlight=False)
+        return exc.exit_code
+    console.print(Text.assemble(("error:", "bold red"), f" {type(exc).__name__}: {exc} (rerun with --debug "
+                                "for the traceback)"), highlight=False)
+    return 1
+
+
+def status_json(snap) -> str:
+    return json.dumps({"pipeline": snap.pipeline, "records": asdict(snap.records),
+                       "stages": [asdict(s) for s in snap.stages]})
+
+
+def print_status(console: Console, work_dir, snap) -> None:
+    r = snap.records
+    console.print(Text.assemble((str(work_dir), "bold"), f"  pipeline {snap.pipeline or '?'}  records {r.total} "
+                                f"(valid {r.valid}, invalid {r.invalid})"))
+    table = Table("stage", "done", "pending", "failed", "items/s", "tokens/s")
+    for s in snap.stages:
+        table.add_row(s.name, str(s.done), str(s.pending), str(s.failed),
+                      f"{s.items_per_s:.1f}" if s.items_per_s else "-",
+                      f"{s.tokens_per_s:.0f}" if s.tokens_per_s else "-")
+    console.print(table)
+    for s in snap.stages:
+        for reason, n in s.notes.items():
+            console.print(f"  {s.name}: {n} answers with {reason}", highlight=False, markup=False)

@@ -1,0 +1,263 @@
+"""The engine: the one API that runs, exports and reports on pipelines. The composition root.
+
+Everything that does a run calls this module: the CLI parses options, calls one function here
+and renders what it returns; benchmarks and the demo do the same. Only this module wires the
+store, the pipeline's stages, the model roles and an executor together.
+
+Heavy imports (torch through the models, numpy and pyarrow through stages and exports) stay
+inside the functions that need them, so ``status`` starts fast.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from . import __version__
+from .config import RunConfig, model_fingerprint
+from .errors import ModelError
+from .observer import Observer, Silent
+from .store import DB_NAME, StatusSnapshot, Store
+
+if TYPE_CHECKING:
+    from .executors import Executor
+    from .exports import ExportReport
+    from .pipelines import Pipeline
+    from .runner import StageReport
+
+OUTPUT = Path("dataset") / "dpo_dataset.parquet"  # inside the work dir
+
+
+@dataclass
+class RunSummary:
+    pipeline: str
+    output: str
+    pairs: int
+    records: dict[str, int]
+    samples: int
+    mean_chosen_words: float
+    mean_rejected_words: float
+    pairs_per_record: float
+    seconds: float
+    reports: list[StageReport] = field(default_factory=list)
+    model_load_seconds: float = 0.0
+
+    @property
+    def failed(self) -> int:
+        """Record-stages that failed (a rerun retries them)."""
+        return sum(r.failed for r in self.reports)
+
+    def to_dict(self) -> dict:
+        data = {k: v for k, v in asdict(self).items() if k not in ("reports", "model_load_seconds")}
+        data["stages"] = [{"name": r.name, "computed": r.computed, "reused": r.reused, "failed": r.failed}
+                          for r in self.reports]
+        return data
+
+
+def _versions() -> dict[str, str]:
+    import torch
+    import transformers
+
+    return {"dpo_engine": __version__, "torch": torch.__version__,
+            "transformers": transformers.__version__, "python": platform.python_version()}
+
+
+def _resolve_device(config: RunConfig) -> RunConfig:
+    from .models.runtime import resolve_device, resolve_dtype
+
+    try:
+        device = resolve_device(config.device)
+        dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
+    except (RuntimeError, ValueError) as exc:
+        raise ModelError(str(exc)) from exc
+    return replace(config, device=device, dtype=dtype)
+
+
+def _ingest(store: Store, source, dataset: str, observer: Observer) -> None:
+    from .ingest import ingest
+
+    report = ingest(store, source)
+    counts = store.record_counts()
+    observer.note(f"dataset: {counts.total} records ({counts.valid} valid, {counts.invalid} invalid)"
+                  + (f", {report.added} new" if report.added and report.added != counts.total else ""))
+    for bad in store.invalid_records(limit=5):
+        observer.note(f"  invalid row {bad.rid} ({bad.source}): {bad.error}", "warning")
+    if counts.invalid > 5:
+        observer.note(f"  … and {counts.invalid - 5} more (dpo-engine validate {dataset})", "warning")
+
+
+def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart: bool = False,
+                 pipeline: Pipeline | None = None, executor: Executor | None = None) -> RunSummary:
+    """Ingest the dataset, run every stage that has pending work, export, and summarise.
+
+    ``pipeline`` defaults to the registered one named by ``config.pipeline``; ``executor`` to
+    the in-process one. Resumes by itself: only records not yet done under the current
+    settings are computed."""
+    from .dataset import open_dataset
+    from .executors.inprocess import InProcessExecutor
+    from .exports import export
+    from .monitor import Monitor, identity
+    from .pipelines import stage_hashes, validate
+    from .roles import RoleModels, check_model_folder
+    from .runner import Runner
+
+    observer = observer or Silent()
+    pipeline = validate(config, pipeline)
+    source = open_dataset(config.dataset)  # unreadable data fails here, before any model loads
+    paths = pipeline.model_paths(config)
+    for role in pipeline.roles:
+        check_model_folder(paths[role.name], role)
+    work = Path(config.work_dir)
+    if restart:
+        for suffix in ("", "-wal", "-shm"):
+            (work / (DB_NAME + suffix)).unlink(missing_ok=True)
+    store = Store.in_work_dir(work)
+    try:
+        _ingest(store, source, config.dataset, observer)
+        config = _resolve_device(config)
+        config = replace(config, model_fingerprints={role: model_fingerprint(p) for role, p in paths.items()})
+        if pipeline.prepare:
+            config, notes = pipeline.prepare(config)
+            for line in notes:
+                observer.note(line, "warning")
+        hashes = stage_hashes(pipeline.stages, config)
+        store.save_run(pipeline.name, config.dataset, asdict(config), hashes, _versions())
+
+        started = time.perf_counter()
+        pid, host = identity()
+        store.process_started(pid, host, paths)
+        monitor = Monitor(store.path).start()
+        try:
+            executor = executor or InProcessExecutor(RoleModels(config, pipeline.roles))
+            reports = Runner(store, pipeline.stages, config, observer, executor).run()
+            load_seconds = executor.load_seconds
+            out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns)
+        except BaseException as exc:
+            monitor.stop()
+            store.process_finished("stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+            raise
+        monitor.stop()
+        store.process_finished("finished")
+        counts = store.record_counts()
+        return RunSummary(
+            pipeline=pipeline.name, output=str(out.path), pairs=out.pairs,
+            records={"total": counts.total, "valid": counts.valid, "invalid": counts.invalid},
+            samples=store.count("sample"),
+            mean_chosen_words=round(out.mean_chosen_words, 2),
+            mean_rejected_words=round(out.mean_rejected_words, 2),
+            pairs_per_record=round(out.pairs / counts.valid, 3) if counts.valid else 0.0,
+            seconds=round(time.perf_counter() - started, 2), reports=reports,
+            model_load_seconds=round(load_seconds, 3))
+    finally:
+        store.close()
+
+
+def run_stages(config: RunConfig, observer: Observer | None = None, *, pipeline: Pipeline | None = None,
+               executor: Executor | None = None) -> list[StageReport]:
+    """Run a pipeline's pending stages over the records already in ``config.work_dir``'s
+    store, with ``config`` taken as it is (no ingest, no fingerprints, no export). For
+    benchmarks and tools that fill a store themselves."""
+    from .executors.inprocess import InProcessExecutor
+    from .pipelines import get_pipeline
+    from .roles import RoleModels
+    from .runner import Runner
+
+    pipeline = pipeline or get_pipeline(config.pipeline)
+    store = Store.in_work_dir(config.work_dir, create=False)
+    try:
+        executor = executor or InProcessExecutor(RoleModels(config, pipeline.roles))
+        return Runner(store, pipeline.stages, config, observer, executor).run()
+    finally:
+        store.close()
+
+
+def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> ExportReport:
+    """Write a run's kept pairs in one export format (with its pipeline's extra columns)."""
+    from .exports import export
+    from .pipelines import get_pipeline
+
+    store = Store.in_work_dir(work_dir, create=False)
+    try:
+        info = store.run_info()
+        columns = get_pipeline(info.pipeline).export_columns if info else ()
+        return export(store, out, fmt, columns=columns)
+    finally:
+        store.close()
+
+
+def read_status(work_dir: str | Path) -> StatusSnapshot:
+    """Each stage's done/pending/failed counts and throughput; safe while a run writes."""
+    store = Store.in_work_dir(work_dir, create=False)
+    try:
+        return store.status()
+    finally:
+        store.close()
+
+
+def check_work_dir(work_dir: str | Path) -> None:
+    """Raise a clear error unless ``work_dir`` holds a run's store."""
+    Store.in_work_dir(work_dir, create=False).close()
+
+
+def validate_dataset(path: str | Path, on_bad=None):
+    """Check every row of a dataset (see ``dpo_engine.validate``)."""
+    from .validate import validate_dataset as check
+
+    return check(path, on_bad=on_bad)
+
+
+@dataclass
+class DemoResult:
+    summary: RunSummary
+    quality: dict
+    examples: list[dict]
+    models_dir: Path
+    dataset: Path
+    roles: tuple[str, ...]
+
+
+def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int = 60, sample_k: int = 10,
+             max_new_tokens: int = 40, seed: int = 0, observer: Observer | None = None) -> DemoResult:
+    """Train the ShapesWorld models (once per work dir), draw a dataset, run the pipeline on
+    them and measure the pairs against the world's truth (``WORK_DIR/quality.json``)."""
+    import itertools
+    import json
+
+    from .demo.quality import quality_report
+    from .demo.trainers import build_world_models
+    from .demo.world import write_dataset
+    from .pipelines import get_pipeline
+
+    observer = observer or Silent()
+    work = Path(work_dir)
+    chosen = get_pipeline(pipeline)
+    roles = tuple(role.name for role in chosen.roles)
+    models_dir = work / "models"
+    dataset = work / "data" / "demo.parquet"
+    paths = build_world_models(models_dir, roles=roles, seed=seed, log=lambda line: observer.note(line, "detail"))
+    if not dataset.exists():
+        # Multi-claim questions only: on one-token yes/no answers the implicit reward of a model
+        # this small is close to a coin flip (see README), which would say nothing about the engine.
+        write_dataset(dataset, n=records, seed=seed, yes_no_share=0.0)
+    config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work),
+                       models={role: str(paths[role]) for role in roles},
+                       sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed)
+    summary = run_pipeline(config, observer, pipeline=chosen)
+    store = Store.in_work_dir(work, create=False)
+    try:
+        report = quality_report(store).to_dict()
+        examples = list(itertools.islice(store.iter_kept_pairs(), 3))
+    finally:
+        store.close()
+    (work / "quality.json").write_text(json.dumps({pipeline: report}, indent=2) + "\n")
+    return DemoResult(summary, report, examples, models_dir, dataset, roles)
+
+
+def pipeline_names() -> list[str]:
+    """The registered pipelines (the built-in ones and any registered since)."""
+    from .pipelines import pipeline_names as names
+
+    return names()

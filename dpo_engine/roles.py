@@ -1,0 +1,71 @@
+"""Model roles, and the one place that maps a role to the model configured for it.
+
+A stage names only its ``model_role``. ``RoleModels`` knows, for one run, which checkpoint
+serves each role, what kind of adapter opens it and with which backend; executors ask it for
+a model and keep what it gave them while consecutive stages use the same one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .config import RunConfig
+from .errors import ModelError
+
+
+@dataclass(frozen=True)
+class Role:
+    """A model a pipeline needs. ``kind`` says which adapter opens it: "image-text" (a VLM)
+    or "chat" (a text chat model)."""
+
+    name: str
+    kind: str
+    flag: str  # the CLI option that names it
+    hint: str = ""
+
+
+INSTRUCT = Role("instruct", "image-text", "--instruct-model", "pass the folder of the model to be trained")
+REWARD = Role("reward", "image-text", "--reward-model", "pass the folder of a DPO-trained reward VLM")
+LABELER = Role("labeler", "image-text", "--labeler-model")
+SPLIT = Role("split", "chat", "--split-model")
+QUESTION = Role("question", "chat", "--question-model")
+
+
+def check_model_folder(path: str, role: Role) -> None:
+    """Fail early, before anything loads, on a folder that is not a checkpoint we can open."""
+    from .models.family import ModelConfigError, detect_family
+
+    if not Path(path).is_dir():
+        raise ModelError(f"{role.name} model {path} is not a folder", "pass a local checkpoint folder")
+    try:
+        detect_family(path)
+    except ModelConfigError as exc:
+        raise ModelError(f"{role.name} model: {exc}") from exc
+
+
+class RoleModels:
+    """Which model serves each role of one run, and how to open it."""
+
+    def __init__(self, config: RunConfig, roles: Sequence[Role]):
+        self.config = config
+        self.roles = {role.name: role for role in roles}
+
+    def key(self, role: str) -> tuple[str, str, str]:
+        """Equal keys mean the same loaded model can serve both roles."""
+        return (self.roles[role].kind, str(self.config.model_path(role)), self.config.backend)
+
+    def open(self, role: str) -> Any:
+        from .models import open_model
+        from .models.family import ModelConfigError
+
+        kind, path, backend = self.key(role)
+        try:
+            return open_model(kind, path, device=self.config.device, dtype=self.config.dtype, backend=backend)
+        except (ModelConfigError, ValueError) as exc:
+            raise ModelError(f"{role} model: {exc}") from exc
+        except OSError as exc:
+            raise ModelError(f"cannot load the {role} model at {path} ({exc})",
+                             "check that the folder holds a complete checkpoint") from exc

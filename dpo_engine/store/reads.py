@@ -1,0 +1,278 @@
+"""Everything read back: the run, the records, the work queue and batch reads for the
+stages, the results for the output, one record in full, and the status counts."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+from ..stage import (Batch, FactRow, JudgmentRow, LogprobRow, QuestionRow, RecordIn, RewardRow, SampleRow,
+                    ScoreRow)
+from .rows import (AnswerDetail, InvalidRecord, RecordCounts, RecordDetail, RunInfo, StageCounts,
+                   StatusSnapshot)
+from .schema import StoreBase
+
+# The per-answer tables a batch read can ask for: Batch field -> (table, row type, columns).
+_ANSWER_READS = {
+    "samples": ("sample", SampleRow, "rid, inner_idx, text, n_tokens, n_words, text_hash"),
+    "rewards": ("reward", RewardRow, "rid, inner_idx, sum, avg, min, last"),
+    "facts": ("fact", FactRow, "rid, inner_idx, ord, text"),
+    "questions": ("check_question", QuestionRow, "rid, inner_idx, ord, text"),
+    "judgments": ("judgment", JudgmentRow, "rid, inner_idx, ord, p_yes, p_no"),
+    "scores": ("score", ScoreRow, "rid, inner_idx, score, n_claims"),
+}
+
+
+class StoreReads(StoreBase):
+    # ------------------------------------------------------------------ run
+    def run_info(self) -> RunInfo | None:
+        row = self.conn.execute(
+            "SELECT pipeline, dataset, settings, stage_hashes, extra_columns FROM run WHERE id = 1"
+        ).fetchone()
+        if row is None or row[0] is None:
+            return None
+        return RunInfo(row[0], row[1], json.loads(row[2] or "{}"), json.loads(row[3] or "{}"),
+                       json.loads(row[4] or "[]"))
+
+    # ------------------------------------------------------------------ records
+    def record_count(self) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM record").fetchone()[0]
+
+    def iter_row_hashes(self) -> Iterator[tuple[int, str]]:
+        yield from self.conn.execute("SELECT rid, row_hash FROM record ORDER BY rid")
+
+    def invalid_records(self, limit: int | None = None) -> list[InvalidRecord]:
+        sql = "SELECT rid, idx, error, source FROM record WHERE valid = 0 ORDER BY rid"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        return [InvalidRecord(*row) for row in self.conn.execute(sql)]
+
+    def record_counts(self) -> RecordCounts:
+        total, valid = self.conn.execute(
+            "SELECT COUNT(*), COALESCE(SUM(valid), 0) FROM record").fetchone()
+        return RecordCounts(total, valid, total - valid)
+
+    # ------------------------------------------------------------------ work queue
+    def _pending_sql(self, upstream: list[tuple[str, str]]) -> str:
+        parts = ["SELECT r.rid FROM record r WHERE r.valid = 1 AND r.rid > ?"]
+        for _ in upstream:
+            parts.append(
+                " AND EXISTS (SELECT 1 FROM stage_state u WHERE u.stage = ? AND u.rid = r.rid"
+                " AND u.status = 'done' AND u.settings_hash = ?)"
+            )
+        parts.append(
+            " AND NOT EXISTS (SELECT 1 FROM stage_state s WHERE s.stage = ? AND s.rid = r.rid"
+            " AND s.status = 'done' AND s.settings_hash = ?)"
+        )
+        return "".join(parts)
+
+    @staticmethod
+    def _pending_params(stage, settings_hash, upstream, after) -> list:
+        params: list = [after]
+        for name, h in upstream:
+            params += [name, h]
+        return params + [stage, settings_hash]
+
+    def pending(self, stage: str, settings_hash: str, upstream: list[tuple[str, str]], *,
+                after: int = -1, limit: int = 1000) -> list[int]:
+        """Valid records whose upstream stages are done and this stage is not (under these hashes)."""
+        sql = self._pending_sql(upstream) + " ORDER BY r.rid LIMIT ?"
+        params = self._pending_params(stage, settings_hash, upstream, after) + [limit]
+        return [row[0] for row in self.conn.execute(sql, params)]
+
+    def count_pending(self, stage: str, settings_hash: str, upstream: list[tuple[str, str]]) -> int:
+        sql = f"SELECT COUNT(*) FROM ({self._pending_sql(upstream)})"
+        return self.conn.execute(sql, self._pending_params(stage, settings_hash, upstream, -1)).fetchone()[0]
+
+    def count_done(self, stage: str, settings_hash: str) -> int:
+        return self.conn.execute(
+            "SELECT COUNT(*) FROM stage_state WHERE stage = ? AND status = 'done' AND settings_hash = ?",
+            (stage, settings_hash)).fetchone()[0]
+
+    # ------------------------------------------------------------------ batch reads
+    def load_batch(self, rids: list[int], reads: Iterable[str]) -> Batch:
+        batch = Batch(rids=list(rids))
+        if not rids:
+            return batch
+        wanted = set(rids)
+        lo, hi = min(rids), max(rids)
+        reads = set(reads)
+        c = self.conn
+        if "records" in reads:
+            for row in c.execute(
+                "SELECT rid, idx, question, image FROM record WHERE rid BETWEEN ? AND ?", (lo, hi)
+            ):
+                if row[0] in wanted:
+                    batch.records[row[0]] = RecordIn._make(row)
+        for name in reads & _ANSWER_READS.keys():
+            table, row_type, columns = _ANSWER_READS[name]
+            target = getattr(batch, name)
+            order = "rid, inner_idx, ord" if "ord" in columns.split(", ") else "rid, inner_idx"
+            for row in c.execute(
+                f"SELECT {columns} FROM {table} WHERE rid BETWEEN ? AND ? ORDER BY {order}", (lo, hi)
+            ):
+                if row[0] in wanted:
+                    target.setdefault(row[0], []).append(row_type._make(row))
+        if "logprobs" in reads:
+            for role in ("instruct", "reward"):
+                rows: dict[int, list[LogprobRow]] = {}
+                for row in c.execute(
+                    "SELECT rid, inner_idx, role, n_tokens, sum, avg, per_token FROM logprob"
+                    " WHERE role = ? AND rid BETWEEN ? AND ? ORDER BY rid, inner_idx", (role, lo, hi)
+                ):
+                    if row[0] in wanted:
+                        rows.setdefault(row[0], []).append(LogprobRow._make(row))
+                batch.logprobs[role] = rows
+        return batch
+
+    # ------------------------------------------------------------------ run-scope (filter)
+    def iter_pairs_for_filter(self, upstream: tuple[str, str]) -> Iterator[tuple]:
+        """(rid, ord, chosen_hash, rejected_hash, chosen_words, rejected_words), by rid and ord,
+        for records whose pair stage is done under the given hash."""
+        yield from self.conn.execute(
+            "SELECT p.rid, p.ord, c.text_hash, r.text_hash, c.n_words, r.n_words FROM pair p"
+            " JOIN stage_state s ON s.stage = ? AND s.rid = p.rid AND s.status = 'done'"
+            "  AND s.settings_hash = ?"
+            " JOIN sample c ON c.rid = p.rid AND c.inner_idx = p.chosen"
+            " JOIN sample r ON r.rid = p.rid AND r.inner_idx = p.rejected"
+            " ORDER BY p.rid, p.ord", upstream)
+
+    # ------------------------------------------------------------------ reading results
+    def iter_kept_pairs(self) -> Iterator[dict]:
+        """The output rows in order: record fields, chosen/rejected text and the instruct
+        model's log-probs of both (for the RLAIF-V ``logps`` column)."""
+        sql = (
+            "SELECT k.rid, rec.idx_value, rec.question, rec.image, rec.image_path, rec.extra,"
+            " c.text, r.text, c.n_words, r.n_words,"
+            " lc.sum, lc.avg, lc.per_token, lr.sum, lr.avg, lr.per_token, p.chosen, p.rejected"
+            " FROM kept_pair k JOIN pair p ON p.rid = k.rid AND p.ord = k.ord"
+            " JOIN record rec ON rec.rid = k.rid"
+            " JOIN sample c ON c.rid = p.rid AND c.inner_idx = p.chosen"
+            " JOIN sample r ON r.rid = p.rid AND r.inner_idx = p.rejected"
+            " LEFT JOIN logprob lc ON lc.role = 'instruct' AND lc.rid = p.rid AND lc.inner_idx = p.chosen"
+            " LEFT JOIN logprob lr ON lr.role = 'instruct' AND lr.rid = p.rid AND lr.inner_idx = p.rejected"
+            " ORDER BY k.position"
+        )
+        keys = ("rid", "idx_value", "question", "image", "image_path", "extra", "chosen", "rejected",
+                "chosen_words", "rejected_words", "chosen_logp", "chosen_avg_logp", "chosen_per_token",
+                "rejected_logp", "rejected_avg_logp", "rejected_per_token", "chosen_idx", "rejected_idx")
+        for row in self.conn.execute(sql):
+            yield dict(zip(keys, row))
+
+    def claims_of(self, rid: int, inner_idx: int) -> list[tuple]:
+        """(fact, check question, p_yes, p_no) of each claim of one answer, in order; the
+        question and probabilities are None where that step produced nothing for it."""
+        return self.conn.execute(
+            "SELECT f.text, q.text, j.p_yes, j.p_no FROM fact f"
+            " LEFT JOIN check_question q ON q.rid = f.rid AND q.inner_idx = f.inner_idx AND q.ord = f.ord"
+            " LEFT JOIN judgment j ON j.rid = f.rid AND j.inner_idx = f.inner_idx AND j.ord = f.ord"
+            " WHERE f.rid = ? AND f.inner_idx = ? ORDER BY f.ord", (rid, inner_idx)).fetchall()
+
+    def score_of(self, rid: int, inner_idx: int) -> int | None:
+        row = self.conn.execute("SELECT score FROM score WHERE rid = ? AND inner_idx = ?",
+                                (rid, inner_idx)).fetchone()
+        return row[0] if row else None
+
+    def note_counts(self, stage: str) -> dict[str, int]:
+        """How many answers a stage left a note on, by reason."""
+        return dict(self.conn.execute(
+            "SELECT reason, COUNT(*) FROM note WHERE stage = ? GROUP BY reason ORDER BY reason", (stage,)))
+
+    def idx_kind(self) -> str:
+        """'integer' when every valid record's idx was given as an integer, else 'text'."""
+        other = self.conn.execute(
+            "SELECT COUNT(*) FROM record WHERE valid = 1 AND json_type(idx_value) != 'integer'"
+        ).fetchone()[0]
+        return "text" if other else "integer"
+
+    def extra_column_types(self) -> dict[str, str]:
+        """Carried column -> one JSON type (integer, real, text, bool, or other), in first-seen order."""
+        seen: dict[str, set[str]] = {}
+        for key, kind in self.conn.execute(
+            "SELECT DISTINCT j.key, j.type FROM record r, json_each(r.extra) j WHERE r.valid = 1"
+        ):
+            if kind != "null":
+                seen.setdefault(key, set()).add("bool" if kind in ("true", "false") else kind)
+        info = self.run_info()
+        order = info.extra_columns if info else sorted(seen)
+        result = {}
+        for name in order:
+            kinds = seen.get(name, {"text"})
+            if kinds <= {"integer"}:
+                result[name] = "integer"
+            elif kinds <= {"integer", "real"}:
+                result[name] = "real"
+            elif len(kinds) == 1:
+                result[name] = next(iter(kinds))
+            else:
+                result[name] = "text"
+        return result
+
+    def count(self, table: str) -> int:
+        if table not in {"sample", "logprob", "reward", "pair", "kept_pair", "record", "fact",
+                         "check_question", "judgment", "score", "note"}:
+            raise ValueError(table)
+        return self.conn.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+
+    def duplicate_keys(self, table: str = "sample") -> int:
+        """How many keys of a per-answer table appear more than once (0 by construction)."""
+        keys = {"sample": "rid, inner_idx", "score": "rid, inner_idx", "fact": "rid, inner_idx, ord",
+                "check_question": "rid, inner_idx, ord", "judgment": "rid, inner_idx, ord"}[table]
+        return self.conn.execute(
+            f"SELECT COUNT(*) FROM (SELECT {keys} FROM {table} GROUP BY {keys} HAVING COUNT(*) > 1)"
+        ).fetchone()[0]
+
+    def samples_of(self, rid: int) -> list[SampleRow]:
+        return [SampleRow(*row) for row in self.conn.execute(
+            "SELECT rid, inner_idx, text, n_tokens, n_words, text_hash FROM sample WHERE rid = ?"
+            " ORDER BY inner_idx", (rid,))]
+
+    # ------------------------------------------------------------------ one record, in full
+    def record_detail(self, rid: int) -> RecordDetail | None:
+        row = self.conn.execute("SELECT rid, idx, question, image, valid, error FROM record WHERE rid = ?",
+                                (rid,)).fetchone()
+        if row is None:
+            return None
+        rewards = {j: (s, a) for j, s, a in self.conn.execute(
+            "SELECT inner_idx, sum, avg FROM reward WHERE rid = ?", (rid,))}
+        scores = dict(self.conn.execute("SELECT inner_idx, score FROM score WHERE rid = ?", (rid,)))
+        claims: dict[int, list[tuple]] = {}
+        for j, fact, question, p_yes, p_no in self.conn.execute(
+            "SELECT f.inner_idx, f.text, q.text, jd.p_yes, jd.p_no FROM fact f"
+            " LEFT JOIN check_question q ON q.rid = f.rid AND q.inner_idx = f.inner_idx AND q.ord = f.ord"
+            " LEFT JOIN judgment jd ON jd.rid = f.rid AND jd.inner_idx = f.inner_idx AND jd.ord = f.ord"
+            " WHERE f.rid = ? ORDER BY f.inner_idx, f.ord", (rid,)):
+            claims.setdefault(j, []).append((fact, question, p_yes, p_no))
+        answers = [AnswerDetail(j, text, rewards.get(j), scores.get(j), tuple(claims.get(j, ())))
+                   for j, text in self.conn.execute(
+                       "SELECT inner_idx, text FROM sample WHERE rid = ? ORDER BY inner_idx", (rid,))]
+        kept = {o for (o,) in self.conn.execute("SELECT ord FROM kept_pair WHERE rid = ?", (rid,))}
+        pairs = [(chosen, rejected, o in kept) for o, chosen, rejected in self.conn.execute(
+            "SELECT ord, chosen, rejected FROM pair WHERE rid = ? ORDER BY ord", (rid,))]
+        return RecordDetail(row[0], row[1], row[2], row[3], bool(row[4]), row[5], answers, pairs)
+
+    def record_ids(self, limit: int = 100_000) -> list[int]:
+        """Ids of records that have answers, for browsing."""
+        return [r for (r,) in self.conn.execute(
+            "SELECT DISTINCT rid FROM sample ORDER BY rid LIMIT ?", (limit,))]
+
+    # ------------------------------------------------------------------ status
+    def status(self, stage_order: list[str] | None = None) -> StatusSnapshot:
+        info = self.run_info()
+        counts = self.record_counts()
+        hashes = info.stage_hashes if info else {}
+        names = stage_order or list(hashes)
+        stages = []
+        for name in names:
+            h = hashes.get(name, "")
+            done, failed = self.conn.execute(
+                "SELECT COALESCE(SUM(status = 'done'), 0), COALESCE(SUM(status = 'failed'), 0)"
+                " FROM stage_state WHERE stage = ? AND settings_hash = ?", (name, h)).fetchone()
+            items, tokens, secs = self.conn.execute(
+                "SELECT COALESCE(SUM(items), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(seconds), 0)"
+                " FROM metric WHERE stage = ?", (name,)).fetchone()
+            stages.append(StageCounts(
+                name, done, max(0, counts.valid - done - failed), failed,
+                items / secs if secs > 0 else None, tokens / secs if secs > 0 and tokens else None,
+                self.note_counts(name)))
+        return StatusSnapshot(info.pipeline if info else None, counts, stages)

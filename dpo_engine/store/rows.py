@@ -1,0 +1,107 @@
+"""The plain, frozen rows that the store's read API returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RecordCounts:
+    total: int
+    valid: int
+    invalid: int
+
+
+@dataclass(frozen=True)
+class StageCounts:
+    name: str
+    done: int
+    pending: int
+    failed: int
+    items_per_s: float | None
+    tokens_per_s: float | None
+    notes: dict[str, int] = field(default_factory=dict)  # answers left without output, by reason
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    pipeline: str | None
+    records: RecordCounts
+    stages: list[StageCounts]
+
+
+@dataclass(frozen=True)
+class InvalidRecord:
+    rid: int
+    idx: str | None
+    error: str
+    source: str
+
+
+@dataclass(frozen=True)
+class ProcessInfo:
+    pid: int | None
+    host: str | None
+    started: float | None
+    heartbeat: float | None
+    finished: float | None
+    state: str | None  # running, paused, finished, failed (as the process last wrote it)
+    models: dict
+
+
+@dataclass(frozen=True)
+class DeviceSample:
+    ts: float
+    device: str
+    util: float | None  # percent
+    mem_used: float | None  # bytes
+    mem_total: float | None
+
+
+@dataclass(frozen=True)
+class MetricRow:
+    ts: float
+    stage: str
+    items: int
+    tokens: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str
+    rid: int
+    idx: str | None
+    error: str | None
+    attempts: int
+    finished: float | None
+
+
+@dataclass(frozen=True)
+class AnswerDetail:
+    inner_idx: int
+    text: str
+    reward: tuple[float, float] | None  # (sum, avg), dpo_reward
+    score: int | None  # divide_and_conquer
+    claims: tuple[tuple, ...]  # (fact, question, p_yes, p_no)
+
+
+@dataclass(frozen=True)
+class RecordDetail:
+    rid: int
+    idx: str | None
+    question: str | None
+    image: bytes | None
+    valid: bool
+    error: str | None
+    answers: list[AnswerDetail]
+    pairs: list[tuple[int, int, bool]]  # (chosen, rejected, kept in the output)
+
+
+@dataclass(frozen=True)
+class RunInfo:
+    pipeline: str
+    dataset: str
+    settings: dict
+    stage_hashes: dict[str, str]
+    extra_columns: list[str]

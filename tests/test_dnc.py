@@ -152,7 +152,7 @@ def test_flags_comma_form_and_errors(world_models, demo_parquet, tmp_path):
     out = summary(cli(*comma))
     assert [s["name"] for s in out["stages"]] == ["sample", "split", "questions", "check", "score", "pair", "filter"]
     settings = json.loads(sqlite3.connect(tmp_path / "A/engine.db").execute("SELECT settings FROM run").fetchone()[0])
-    assert (settings["labeler_model"], settings["question_model"], settings["split_model"]) == \
+    assert (settings["models"]["labeler"], settings["models"]["question"], settings["models"]["split"]) == \
         (str(m["labeler"]), str(m["question"]), str(m["split"]))
 
     two = cli(*[str(a).replace(f",{m['split']}", "") for a in comma], check=False)

@@ -47,9 +47,7 @@ def handle_errors(func):
             return func(*args, **kwargs)
         except typer.Exit:
             raise
-        except BaseException as exc:  # noqa: BLE001 - the last line of defence
-            if isinstance(exc, (SystemExit, GeneratorExit)):
-                raise
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the last line of defence
             raise typer.Exit(report_error(exc, err_console, kwargs.get("debug", False))) from None
 
     return wrapper

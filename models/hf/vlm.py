@@ -30,7 +30,6 @@ from ..runtime import empty_cache, quiet_transformers, resolve_device, resolve_d
 from ..sampling import SeededSampler, row_uniforms
 
 
-
 class ImageTextModel:
     """An image-text-to-text checkpoint ready to sample answers and score them."""
 

@@ -55,16 +55,18 @@ def test_reader_sees_committed_rows_while_writer_holds_a_transaction(tmp_path):
 
 def test_core_imports_stay_light():
     code = ("import sys, dpo_engine.store, dpo_engine.runner, dpo_engine.exports, dpo_engine.ingest,"
-            " dpo_engine.monitor, dpo_engine.demo.quality;"
+            " dpo_engine.monitor, dpo_engine.demo.quality, dpo_engine.engine, dpo_engine.pipelines;"
+            " dpo_engine.pipelines.pipeline_names();"
             "bad = [m for m in ('torch', 'textual', 'transformers') if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"
 
 
 def test_store_import_is_light():
-    # ``status`` and the dashboard open the store first: it must not pull in the heavy libraries.
-    code = ("import sys, dpo_engine.store;"
-            "bad = [m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'textual', 'sqlite_utils')"
+    # ``status`` and the dashboard open the store first, through the engine: neither may pull in
+    # the heavy libraries, nor (for ``status``) the Typer app.
+    code = ("import sys, dpo_engine.store, dpo_engine.engine, dpo_engine.cli.fast;"
+            "bad = [m for m in ('numpy', 'pandas', 'pyarrow', 'torch', 'textual', 'sqlite_utils', 'typer')"
             " if m in sys.modules]; print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True)
     assert out.stdout.strip() == "[]"

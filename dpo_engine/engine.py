@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import RunConfig, model_fingerprint
-from .errors import ModelError
+from .errors import ModelError, WorkDirBusy
 from .observer import Observer, Silent
 from .store import DB_NAME, StatusSnapshot, Store
 
@@ -99,7 +99,7 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
     from .dataset import open_dataset
     from .executors.inprocess import InProcessExecutor
     from .exports import export
-    from .monitor import Monitor, identity
+    from .monitor import Monitor
     from .pipelines import stage_hashes, validate
     from .roles import RoleModels, check_model_folder
     from .runner import Runner
@@ -110,11 +110,9 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
     paths = pipeline.model_paths(config)
     for role in pipeline.roles:
         check_model_folder(paths[role.name], role)
+    store = _claim(Path(config.work_dir), paths, restart=restart)
     work = Path(config.work_dir)
-    if restart:
-        for suffix in ("", "-wal", "-shm"):
-            (work / (DB_NAME + suffix)).unlink(missing_ok=True)
-    store = Store.in_work_dir(work)
+    monitor = None
     try:
         _ingest(store, source, config.dataset, observer)
         config = _resolve_device(config)
@@ -127,18 +125,10 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
         store.save_run(pipeline.name, config.dataset, asdict(config), hashes, _versions())
 
         started = time.perf_counter()
-        pid, host = identity()
-        store.process_started(pid, host, paths)
         monitor = Monitor(store.path).start()
-        try:
-            executor = executor or InProcessExecutor(RoleModels(config, pipeline.roles))
-            reports = Runner(store, pipeline.stages, config, observer, executor).run()
-            load_seconds = executor.load_seconds
-            out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns)
-        except BaseException as exc:
-            monitor.stop()
-            store.process_finished("stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
-            raise
+        executor = executor or InProcessExecutor(RoleModels(config, pipeline.roles))
+        reports = Runner(store, pipeline.stages, config, observer, executor).run()
+        out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns)
         monitor.stop()
         store.process_finished("finished")
         counts = store.record_counts()
@@ -150,9 +140,53 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
             mean_rejected_words=round(out.mean_rejected_words, 2),
             pairs_per_record=round(out.pairs / counts.valid, 3) if counts.valid else 0.0,
             seconds=round(time.perf_counter() - started, 2), reports=reports,
-            model_load_seconds=round(load_seconds, 3))
+            model_load_seconds=round(executor.load_seconds, 3))
+    except BaseException as exc:
+        if monitor is not None:
+            monitor.stop()
+        store.process_finished("stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+        raise
     finally:
         store.close()
+
+
+def _live(info) -> bool:
+    from .monitor import run_state
+
+    return run_state(info) in ("running", "paused")
+
+
+def _claim(work: Path, models: dict[str, str], *, restart: bool) -> Store:
+    """Open the work dir's store as its one live run, or refuse: two runs on one work dir
+    would race each other's results. A crashed or finished run does not count."""
+    from datetime import datetime
+
+    from .monitor import identity
+
+    if restart and (work / DB_NAME).exists():
+        _refuse_if_live(Store.in_work_dir(work))
+        for suffix in ("", "-wal", "-shm"):
+            (work / (DB_NAME + suffix)).unlink(missing_ok=True)
+    store = Store.in_work_dir(work)
+    pid, host = identity()
+    live = store.process_started(pid, host, models, refuse=_live)
+    if live is not None:
+        store.close()
+        since = datetime.fromtimestamp(live.started).strftime("%Y-%m-%d %H:%M:%S")
+        raise WorkDirBusy(f"{work} is in use by a live run (pid {live.pid} on {live.host}, since {since})",
+                          f"wait for it to end (`dpo-engine status {work}` or `dpo-engine dashboard {work}` "
+                          "shows it), or stop it; a stopped or crashed run resumes with the same command")
+    return store
+
+
+def _refuse_if_live(store: Store) -> None:
+    try:
+        info = store.process_info()
+    finally:
+        store.close()
+    if info is not None and _live(info):
+        raise WorkDirBusy(f"{store.path.parent} is in use by a live run (pid {info.pid} on {info.host})",
+                          "--restart would delete its store; stop that run first")
 
 
 def run_stages(config: RunConfig, observer: Observer | None = None, *, pipeline: Pipeline | None = None,

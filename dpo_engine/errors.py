@@ -51,3 +51,9 @@ class StoreError(DpoEngineError):
 
 class RunInterrupted(DpoEngineError):
     exit_code = 130
+
+
+class WorkDirBusy(DpoEngineError):
+    """Another run is live on this work dir."""
+
+    exit_code = 2

@@ -20,9 +20,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import shapes_rows, write_parquet
+
 from dpo_engine import engine
 from dpo_engine.config import RunConfig
+from dpo_engine.errors import WorkDirBusy
 from dpo_engine.pipelines import Pipeline, get_pipeline, register
 from dpo_engine.stage import Outputs, PairRow, SampleRow, ScoreRow
 from dpo_engine.text import text_hash, word_count
@@ -187,6 +190,29 @@ def test_a_toy_run_killed_with_sigkill_resumes_to_the_same_dataset(tmp_path):
     con = sqlite3.connect(work / "engine.db")
     assert con.execute("SELECT COUNT(*) FROM (SELECT rid, inner_idx FROM sample GROUP BY 1, 2"
                        " HAVING COUNT(*) > 1)").fetchone()[0] == 0
+
+
+def test_a_second_run_on_a_live_work_dir_is_refused_until_the_first_is_gone(tmp_path):
+    data = toy_data(tmp_path)
+    work = tmp_path / "W"
+    env = {**os.environ, "TOY_SLEEP": "0.5", "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.Popen([sys.executable, __file__, str(work), str(data)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while done(work / "engine.db", "draft") < 1:
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.02)
+        for restart in (False, True):  # --restart must not delete a live run's store either
+            with pytest.raises(WorkDirBusy, match=f"live run \\(pid {proc.pid} on "):
+                engine.run_pipeline(toy_config(work, data), pipeline=TOY, restart=restart)
+        assert proc.poll() is None and done(work / "engine.db", "draft") >= 1  # the live run goes on
+    finally:
+        proc.kill()
+        proc.wait()
+    # Killed, it is no longer live: the same command resumes it.
+    resumed = engine.run_pipeline(toy_config(work, data), pipeline=TOY)
+    assert resumed.reports[0].reused >= 1 and resumed.samples == 40
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from .rows import DeviceSample, Failure, MetricRow, ProcessInfo
 from .schema import StoreBase
@@ -14,9 +15,17 @@ CONTROL_ACTIONS = ("pause", "resume", "retry")
 
 class StoreLive(StoreBase):
     # ------------------------------------------------------------------ the live process
-    def process_started(self, pid: int, host: str, models: dict[str, str]) -> None:
+    def process_started(self, pid: int, host: str, models: dict[str, str], *,
+                        refuse: Callable[[ProcessInfo], bool] | None = None) -> ProcessInfo | None:
+        """Record this process as the work dir's run. With ``refuse``, the process recorded
+        before is read in the same transaction; if ``refuse(it)`` is true nothing is written and
+        it is returned (two runs starting at once cannot both pass)."""
         now = time.time()
         with self.transaction() as c:
+            if refuse is not None:
+                before = self.process_info()
+                if before is not None and refuse(before):
+                    return before
             c.execute("INSERT INTO process (id, pid, host, started, heartbeat, finished, state, models)"
                       " VALUES (1, ?, ?, ?, ?, NULL, 'running', ?) ON CONFLICT(id) DO UPDATE SET"
                       " pid = excluded.pid, host = excluded.host, started = excluded.started,"
@@ -24,6 +33,7 @@ class StoreLive(StoreBase):
                       " models = excluded.models", (pid, host, now, now, json.dumps(models)))
             # Requests left from an earlier run do not apply to this one.
             c.execute("UPDATE control SET handled = ? WHERE handled IS NULL AND action != 'retry'", (now,))
+        return None
 
     def heartbeat(self, state: str | None = None) -> None:
         sql = "UPDATE process SET heartbeat = ?" + (", state = ?" if state else "") + " WHERE id = 1"

@@ -177,3 +177,45 @@ def test_a_column_given_twice_is_refused(tmp_path):
         export(store, tmp_path / "out.parquet", "trl", columns=(twice,))
     with pytest.raises(ValueError, match="given twice"):
         export(store, tmp_path / "out.parquet", "trl", columns=(CLAIMS, CLAIMS))
+
+
+def test_the_output_appears_whole_through_a_private_temporary_file(tmp_path):
+    """Exports write a uniquely named file next to the output and rename it: a link planted
+    at the old fixed name is left alone, two exports to one path both succeed, and a failed
+    export leaves nothing behind."""
+    import os
+    import subprocess
+    import sys
+
+    store = make_store(tmp_path, n_records=40, pairs_per=4)
+    out = tmp_path / "out" / "pairs.parquet"
+    out.parent.mkdir()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    (out.parent / "pairs.parquet.tmp").symlink_to(victim)
+    export(store, out, "rlaif-v")
+    assert victim.read_text() == "keep me" and pq.read_table(out).num_rows == 160
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~_umask())
+
+    code = ("import sys; from dpo_engine import engine;"
+            "[engine.export_run(sys.argv[1], sys.argv[2], 'trl') for _ in range(3)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "work"), str(out)],
+                              stderr=subprocess.PIPE, text=True) for _ in range(4)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    assert pq.read_table(out).num_rows == 160
+    assert sorted(os.listdir(out.parent)) == ["pairs.parquet", "pairs.parquet.tmp"]  # no leftovers
+
+    with pytest.raises(DpoEngineError, match="is a folder"):
+        export(store, out.parent, "rlaif-v")
+    with pytest.raises(DpoEngineError, match="unknown export format"):
+        export(store, out, "nope")
+    assert sorted(os.listdir(out.parent)) == ["pairs.parquet", "pairs.parquet.tmp"]
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import pkgutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ..errors import DpoEngineError
 from ..store import Store
-from ._arrow import JSON_TO_ARROW, ColumnSet, ExportFormat, atomic_writer, hf_metadata
+from ._arrow import JSON_TO_ARROW, ColumnSet, ExportFormat, atomic_file, hf_metadata
 
 __all__ = ["CHUNK_ROWS", "ColumnSet", "ExportFormat", "ExportReport", "export", "formats",
            "register_format"]
@@ -98,12 +98,13 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v",
         fields += list(cs.fields)
         features.update(cs.features)
     schema = pa.schema([pa.field(n, t) for n, t in fields], metadata=hf_metadata(features))
-    tmp, writer = atomic_writer(out, schema)
+    if out.is_dir():
+        raise DpoEngineError(f"{out} is a folder", "name the .parquet file to write")
     batch: dict[str, list] = {n: [] for n, _ in fields}
     n_pairs = pending = 0
     chosen_words = rejected_words = 0
     rids: set[int] = set()
-    try:
+    with atomic_file(out) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
         for row in store.iter_kept_pairs():
             n_pairs += 1
             pending += 1
@@ -121,8 +122,5 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v",
                 pending = 0
         if pending or n_pairs == 0:
             writer.write_table(pa.table(batch, schema=schema))
-    finally:
-        writer.close()
-    os.replace(tmp, out)
     return ExportReport(out, n_pairs, len(rids), chosen_words / n_pairs if n_pairs else 0.0,
                         rejected_words / n_pairs if n_pairs else 0.0)

@@ -4,13 +4,15 @@ atomic parquet writer, and the two shapes a format and a column set take."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -61,8 +63,29 @@ def hf_metadata(features: dict) -> dict[bytes, bytes]:
     return {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
 
 
-def atomic_writer(path: Path, schema: pa.Schema) -> tuple[Path, pq.ParquetWriter]:
-    """A zstd parquet writer on a temporary file next to ``path`` (the caller renames it)."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_file(path: Path) -> Iterator[BinaryIO]:
+    """A new file that appears at ``path`` only once it is complete.
+
+    It is written under a unique name created exclusively next to ``path`` (never through a
+    link someone planted there, never shared with a second export to the same path), synced
+    to disk, then renamed over ``path``. On any error the partial file is removed."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    return tmp, pq.ParquetWriter(tmp, schema, compression="zstd")
+    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = Path(name)
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes it 0600; a new file would be 0666 - umask
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

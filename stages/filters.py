@@ -46,12 +46,22 @@ def length_balance(diffs: np.ndarray, limit: float) -> np.ndarray:
     return keep
 
 
-class FilterStage(ModelFree):
+class _RunFilter(ModelFree):
+    """A filter over all pairs of the run; it returns the kept (rid, ord) shuffled with the seed."""
+
     name = "filter"
     after = ("pair",)
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     scope = "run"
+
+    @staticmethod
+    def shuffled(rids: np.ndarray, ords: np.ndarray, seed: int) -> list[tuple[int, int]]:
+        perm = np.random.default_rng(seed).permutation(len(rids))
+        return list(zip(rids[perm].tolist(), ords[perm].tolist()))
+
+
+class FilterStage(_RunFilter):
 
     def settings(self, config) -> dict:
         return {"max_pairs_per_idx": config.max_pairs_per_idx,
@@ -75,10 +85,8 @@ class FilterStage(ModelFree):
             ords.append(ord_)
             diffs.append(cw - rw)
         keep = length_balance(np.asarray(diffs, dtype=np.float64), config.length_balance)
-        kept_rids = np.asarray(rids, dtype=np.int64)[keep]
-        kept_ords = np.asarray(ords, dtype=np.int64)[keep]
-        perm = np.random.default_rng(config.seed).permutation(len(kept_rids))
-        return list(zip(kept_rids[perm].tolist(), kept_ords[perm].tolist()))
+        return self.shuffled(np.asarray(rids, dtype=np.int64)[keep], np.asarray(ords, dtype=np.int64)[keep],
+                             config.seed)
 
 
 def best_ratio(chosen_words: np.ndarray, rejected_words: np.ndarray, distinct: np.ndarray) -> tuple[float, np.ndarray]:
@@ -96,12 +104,7 @@ def best_ratio(chosen_words: np.ndarray, rejected_words: np.ndarray, distinct: n
     return best_r, best_keep
 
 
-class LengthRatioFilterStage(ModelFree):
-    name = "filter"
-    after = ("pair",)
-    reads: tuple[str, ...] = ()
-    writes: tuple[str, ...] = ()
-    scope = "run"
+class LengthRatioFilterStage(_RunFilter):
 
     def settings(self, config) -> dict:
         return {"seed": config.seed, "ratios": [float(r) for r in RATIOS]}
@@ -112,6 +115,4 @@ class LengthRatioFilterStage(ModelFree):
             return []
         rids, ords, ch, rh, cw, rw = rows.T
         _, keep = best_ratio(cw.astype(np.float64), rw.astype(np.float64), ch != rh)
-        kept_rids, kept_ords = rids[keep], ords[keep]
-        perm = np.random.default_rng(config.seed).permutation(len(kept_rids))
-        return list(zip(kept_rids[perm].tolist(), kept_ords[perm].tolist()))
+        return self.shuffled(rids[keep], ords[keep], config.seed)

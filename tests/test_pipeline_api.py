@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import shapes_rows, write_parquet
+from test_resume import done_count
 
 from dpo_engine import engine
 from dpo_engine.config import RunConfig
@@ -31,13 +32,24 @@ from dpo_engine.stage import Outputs, PairRow, SampleRow, ScoreRow
 from dpo_engine.text import text_hash, word_count
 
 
-class Draft:
+class ToyStage:
+    """What the toy stages share: per record, no model, no settings of their own."""
+
+    scope = "record"
+    model_role = None
+
+    def settings(self, config) -> dict:
+        return {}
+
+    def batch_size(self, config) -> int:
+        return 64
+
+
+class Draft(ToyStage):
     name = "draft"
     after: tuple[str, ...] = ()
     reads = ("records",)
     writes = ("samples",)
-    scope = "record"
-    model_role = None
 
     def settings(self, config) -> dict:
         return {"k": config.sample_k, "seed": config.seed}
@@ -57,19 +69,11 @@ class Draft:
         return out
 
 
-class Grade:
+class Grade(ToyStage):
     name = "grade"
     after = ("draft",)
     reads = ("samples",)
     writes = ("scores",)
-    scope = "record"
-    model_role = None
-
-    def settings(self, config) -> dict:
-        return {}
-
-    def batch_size(self, config) -> int:
-        return 64
 
     def process(self, batch, model, config) -> Outputs:
         out = Outputs()
@@ -80,19 +84,11 @@ class Grade:
         return out
 
 
-class Match:
+class Match(ToyStage):
     name = "match"
     after = ("grade",)
     reads = ("scores",)
     writes = ("pairs",)
-    scope = "record"
-    model_role = None
-
-    def settings(self, config) -> dict:
-        return {}
-
-    def batch_size(self, config) -> int:
-        return 64
 
     def process(self, batch, model, config) -> Outputs:
         out = Outputs()
@@ -103,19 +99,12 @@ class Match:
         return out
 
 
-class KeepAll:
+class KeepAll(ToyStage):
     name = "keep"
     after = ("match",)
     reads: tuple[str, ...] = ()
     writes: tuple[str, ...] = ()
     scope = "run"
-    model_role = None
-
-    def settings(self, config) -> dict:
-        return {}
-
-    def batch_size(self, config) -> int:
-        return 1
 
     def process_run(self, pairs, config) -> list[tuple[int, int]]:
         return [(rid, order) for rid, order, *_ in pairs]
@@ -134,18 +123,6 @@ def toy_data(tmp_path: Path) -> Path:
     for i, row in enumerate(rows):
         row["question"] = f"which shape is left of the red one in picture {i} and what colour is it"
     return write_parquet(tmp_path / "toy.parquet", rows)
-
-
-def done(db: Path, stage: str) -> int:
-    try:
-        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)
-        try:
-            return con.execute("SELECT COUNT(*) FROM stage_state WHERE stage = ? AND status = 'done'",
-                               (stage,)).fetchone()[0]
-        finally:
-            con.close()
-    except sqlite3.Error:
-        return 0
 
 
 def test_a_toy_pipeline_runs_through_the_engine(tmp_path):
@@ -171,7 +148,7 @@ def test_a_toy_run_killed_with_sigkill_resumes_to_the_same_dataset(tmp_path):
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     try:
-        while done(work / "engine.db", "draft") < 3:
+        while done_count(work / "engine.db", "draft") < 3:
             assert proc.poll() is None, "the toy run ended before it could be killed"
             assert time.time() < deadline, "timed out waiting for progress"
             time.sleep(0.02)
@@ -180,7 +157,7 @@ def test_a_toy_run_killed_with_sigkill_resumes_to_the_same_dataset(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-    killed_at = done(work / "engine.db", "draft")
+    killed_at = done_count(work / "engine.db", "draft")
     assert 3 <= killed_at < 10
 
     resumed = engine.run_pipeline(toy_config(work, data), pipeline=TOY)
@@ -200,13 +177,13 @@ def test_a_second_run_on_a_live_work_dir_is_refused_until_the_first_is_gone(tmp_
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
-        while done(work / "engine.db", "draft") < 1:
+        while done_count(work / "engine.db", "draft") < 1:
             assert proc.poll() is None and time.time() < deadline
             time.sleep(0.02)
         for restart in (False, True):  # --restart must not delete a live run's store either
             with pytest.raises(WorkDirBusy, match=f"live run \\(pid {proc.pid} on "):
                 engine.run_pipeline(toy_config(work, data), pipeline=TOY, restart=restart)
-        assert proc.poll() is None and done(work / "engine.db", "draft") >= 1  # the live run goes on
+        assert proc.poll() is None and done_count(work / "engine.db", "draft") >= 1  # the live run goes on
     finally:
         proc.kill()
         proc.wait()

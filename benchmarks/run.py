@@ -18,6 +18,8 @@
 * pairing_1m_seconds / pairing_1m_peak_rss_mb: reward + pair + filter over 1,000,000
   synthetic samples (100,000 records x 10) already in a store, in a fresh process.
 * pairing_scaling_10x: that time over the time for 100,000 samples.
+* workers_2_speedup: a full dpo_reward run with ``--workers 2`` (one torch thread each) over
+  the same run in one process with one thread; workers_2_same_output says the bytes matched.
 * engine_overhead_share: share of a full run's wall time spent outside model calls
   (SQLite, bookkeeping, image decoding) on a small (>5M parameter) model.
 """
@@ -195,6 +197,29 @@ def dashboard_figure(tmp: Path, model_path: str, quick: bool) -> dict:
     return {"dashboard_10hz_slowdown": round(watched_t / alone, 3)}
 
 
+def workers_figure(tmp: Path, model_path: str, quick: bool) -> dict:
+    """A full dpo_reward run with 2 worker processes x 1 torch thread over 1 process x 1 thread,
+    after a warm-up run; both must write the same bytes."""
+    from dpo_engine.demo.world import write_dataset
+
+    n = 16 if quick else 48
+    data = write_dataset(tmp / "workers.parquet", n=n, seed=7)
+    seconds, outputs = {}, {}
+    for label, workers in (("warm-up", 1), ("one", 1), ("two", 2)):
+        work = tmp / f"workers-{label}"
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, in this process or each worker
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "dpo_engine", "run", "--dataset", str(data), "--work-dir", str(work),
+                        "--instruct-model", model_path, "--reward-model", model_path, "--sample-k", "10",
+                        "--max-new-tokens", "32", "--batch-size", "4", "--workers", str(workers)],
+                       check=True, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seconds[label] = time.perf_counter() - t0
+        outputs[label] = (work / "dataset" / "dpo_dataset.parquet").read_bytes()
+    same = outputs["one"] == outputs["two"]
+    log(f"workers: 1 x 1 thread {seconds['one']:.2f}s, 2 x 1 thread {seconds['two']:.2f}s, same bytes: {same}")
+    return {"workers_2_speedup": round(seconds["one"] / seconds["two"], 3), "workers_2_same_output": same}
+
+
 def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
     from dpo_engine import engine
     from dpo_engine.config import RunConfig
@@ -329,6 +354,7 @@ def main() -> None:
     parser.add_argument("--skip-pairing", action="store_true", help="leave out the 1M-sample figures")
     parser.add_argument("--only-dnc", action="store_true", help="only the divide_and_conquer figures")
     parser.add_argument("--only-dashboard", action="store_true", help="only the dashboard figure")
+    parser.add_argument("--only-workers", action="store_true", help="only the worker-processes figure")
     args = parser.parse_args()
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
@@ -343,6 +369,13 @@ def main() -> None:
                                             args.quick))
             print(json.dumps(figures))
             return
+        if args.only_workers:
+            from dpo_engine.models.tiny import build_tiny_llava
+
+            figures.update(workers_figure(tmp, str(build_tiny_llava(tmp / "small", seed=0, size="small")),
+                                          args.quick))
+            print(json.dumps(figures))
+            return
         if args.only_dnc:
             from dpo_engine.models.tiny import build_tiny_llava
 
@@ -354,6 +387,7 @@ def main() -> None:
         figures.update(dnc_figures(tmp, m["model_path"], args.quick))
         figures.update(overhead_figure(tmp, m["model_path"], args.quick))
         figures.update(dashboard_figure(tmp, m["model_path"], args.quick))
+        figures.update(workers_figure(tmp, m["model_path"], args.quick))
         if not args.skip_pairing:
             figures.update(pairing_figures(tmp))
     print(json.dumps(figures))

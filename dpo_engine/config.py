@@ -15,6 +15,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
+
 @dataclass(frozen=True)
 class RunConfig:
     pipeline: str
@@ -48,6 +49,8 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"  # resolved (e.g. "float32") by the engine before the run starts
     backend: str = "hf"  # which model backend opens the checkpoints (dpo_engine.models)
+    workers: int = 1  # worker processes on ``device`` (1: batches run in this process)
+    devices: tuple[str, ...] = ()  # one worker process per device, instead of ``workers``
     shared_tokenizer: bool = True  # instruct and reward models map tokens to the same ids
     model_fingerprints: dict[str, str] = field(default_factory=dict)
 
@@ -69,6 +72,7 @@ class RunConfig:
             (self.rank >= 1, "--rank must be >= 1"),
             (self.distance >= 1, "--distance must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
+            (self.workers >= 1, "--workers must be >= 1"),
             (0 < self.jaccard_threshold <= 1, "the Jaccard threshold must be in (0, 1]"),
         ]
         for ok, message in checks:

@@ -69,11 +69,12 @@ def _resolve_device(config: RunConfig) -> RunConfig:
     from .models.runtime import resolve_device, resolve_dtype
 
     try:
-        device = resolve_device(config.device)
+        devices = tuple(resolve_device(d) for d in config.devices)
+        device = devices[0] if devices else resolve_device(config.device)
         dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
     except (RuntimeError, ValueError) as exc:
         raise ModelError(str(exc)) from exc
-    return replace(config, device=device, dtype=dtype)
+    return replace(config, device=device, devices=devices, dtype=dtype)
 
 
 def _ingest(store: Store, source, dataset: str, observer: Observer) -> None:
@@ -97,11 +98,10 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
     the in-process one. Resumes by itself: only records not yet done under the current
     settings are computed."""
     from .dataset import open_dataset
-    from .executors.inprocess import InProcessExecutor
     from .exports import export
     from .monitor import Monitor
     from .pipelines import stage_hashes, validate
-    from .roles import RoleModels, check_model_folder
+    from .roles import check_model_folder
     from .runner import Runner
 
     observer = observer or Silent()
@@ -126,7 +126,7 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
 
         started = time.perf_counter()
         monitor = Monitor(store.path).start()
-        executor = executor or InProcessExecutor(RoleModels(config, pipeline.roles))
+        executor = executor or _executor(config, pipeline)
         reports = Runner(store, pipeline.stages, config, observer, executor).run()
         out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns)
         monitor.stop()
@@ -148,6 +148,19 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
         raise
     finally:
         store.close()
+
+
+def _executor(config: RunConfig, pipeline: Pipeline) -> Executor:
+    """In this process, or worker processes: one per ``--devices`` entry, or ``--workers``
+    on ``--device``."""
+    if config.devices or config.workers > 1:
+        from .executors.workers import WorkerPoolExecutor
+
+        return WorkerPoolExecutor(config, pipeline.roles, config.devices or [config.device] * config.workers)
+    from .executors.inprocess import InProcessExecutor
+    from .roles import RoleModels
+
+    return InProcessExecutor(RoleModels(config, pipeline.roles))
 
 
 def _live(info) -> bool:

@@ -105,6 +105,11 @@ def run(
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature."),
     beta: float = typer.Option(0.1, "--beta", help="DPO beta of the implicit reward."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
+    workers: int = typer.Option(1, "--workers", help="Worker processes on --device, each with its own copy of "
+                                "the model (1: everything runs in this process). The output does not change."),
+    devices: Optional[str] = typer.Option(None, "--devices",
+                                          help="One worker process per device, e.g. cuda:0,cuda:1 (instead of "
+                                          "--workers)."),
     dtype: str = typer.Option("auto", "--dtype",
                               help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
     restart: bool = typer.Option(False, "--restart",
@@ -146,7 +151,8 @@ def run(
         question_prompt=str(question_prompt) if question_prompt else None,
         sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
         rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, seed=seed,
-        batch_size=batch_size, device=device, dtype=dtype,
+        batch_size=batch_size, device=device, dtype=dtype, workers=workers,
+        devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
     )
     with RichObserver(console) as observer:
         summary = engine.run_pipeline(config, observer, restart=restart)
@@ -227,7 +233,8 @@ def dashboard(
     Keys: p pause/resume the run (it stops between batches), r retry failed items, o open the
     record browser (n/p next/previous, escape back), q quit. The dashboard only reads the store,
     apart from those requests, and never slows the run."""
-    from ..tui.app import Dashboard, screenshot as take_screenshot
+    from ..tui.app import Dashboard
+    from ..tui.app import screenshot as take_screenshot
 
     engine.check_work_dir(work_dir)  # a clear error for a wrong folder
     if interval <= 0:

@@ -1,0 +1,139 @@
+"""Worker processes: one per device (``--devices cuda:0,cuda:1``) or N on one (``--workers N``).
+
+Each worker is a spawned process that opens the model a stage's role needs once and keeps it
+while batches of that role keep coming; the driver (the runner, in the parent process) hands
+each idle worker the next pending batch and commits what comes back, so the store still has
+one writer. Results may come back in any order: commits are per record, and every record's
+result depends only on its own inputs and seeds, so the output is the same as one worker's.
+
+A worker that dies (kill -9, out of memory, a lost GPU) has committed nothing: its batch goes
+to a fresh worker started in its place, and no record is computed twice into the store.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import queue
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import replace
+from typing import Any
+
+from ..config import RunConfig
+from ..roles import Role, RoleModels
+from ..stage import Batch
+from . import BatchResult, process_contained
+
+POLL_SECONDS = 0.5  # how often the driver looks for dead workers while it waits
+
+
+def _worker(config: RunConfig, roles: Sequence[Role], threads: int, tasks, results) -> None:
+    """A worker's life: take (task id, stage, batch), answer (task id, outputs, timings)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    models = RoleModels(config, roles)
+    key, model = None, None
+    while True:
+        task = tasks.get()
+        if task is None:
+            break
+        task_id, stage, batch = task
+        try:
+            load = 0.0
+            wanted = models.key(stage.model_role) if stage.model_role else None
+            if wanted != key:
+                if model is not None:
+                    model.close()
+                t0 = time.perf_counter()
+                model = models.open(stage.model_role) if wanted else None
+                key, load = wanted, time.perf_counter() - t0
+            busy = model.model_seconds if model is not None else 0.0
+            t0 = time.perf_counter()
+            outputs = process_contained(stage, batch, model, config)
+            seconds = time.perf_counter() - t0
+            in_model = model.model_seconds - busy if model is not None else 0.0
+            results.put((task_id, outputs, seconds, in_model, load, None))
+        except Exception as exc:  # noqa: BLE001 - e.g. a model that cannot be opened: the driver raises it
+            results.put((task_id, None, 0.0, 0.0, 0.0, exc))
+    if model is not None:
+        model.close()
+
+
+class WorkerPoolExecutor:
+    def __init__(self, config: RunConfig, roles: Sequence[Role], devices: Sequence[str], *,
+                 threads: int | None = None):
+        self.config = config
+        self.roles = tuple(roles)
+        self.devices = list(devices)
+        # OMP_NUM_THREADS, when set, is each process's thread count, as torch reads it in one process.
+        self.threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or \
+            max(1, (os.cpu_count() or 1) // len(self.devices))
+        self.load_seconds = 0.0
+        self.restarts = 0  # workers started again after one died
+        self._ctx = mp.get_context("spawn")  # CUDA and forked processes do not mix
+        self._results = self._ctx.Queue()
+        self._workers: list[tuple[Any, Any] | None] = [None] * len(self.devices)
+
+    def _start(self, wid: int) -> None:
+        tasks = self._ctx.Queue()
+        config = replace(self.config, device=self.devices[wid])
+        proc = self._ctx.Process(target=_worker, args=(config, self.roles, self.threads, tasks, self._results),
+                                 name=f"dpo-engine-worker-{wid}", daemon=True)
+        proc.start()
+        self._workers[wid] = (proc, tasks)
+
+    def map(self, stage: Any, batches: Iterable[Batch], config: Any) -> Iterator[BatchResult]:
+        for wid, worker in enumerate(self._workers):
+            if worker is None:
+                self._start(wid)
+        pending = iter(batches)
+        idle = list(range(len(self._workers)))
+        inflight: dict[int, tuple[int, Batch]] = {}  # worker -> (task id, batch)
+        retry: list[Batch] = []  # batches of workers that died
+        next_id, exhausted = 0, False
+        while True:
+            while idle and (retry or not exhausted):
+                batch = retry.pop() if retry else next(pending, None)
+                if batch is None:
+                    exhausted = True
+                    break
+                wid = idle.pop(0)
+                self._workers[wid][1].put((next_id, stage, batch))
+                inflight[wid] = (next_id, batch)
+                next_id += 1
+            if not inflight:
+                return
+            try:
+                task_id, outputs, seconds, in_model, load, error = self._results.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                self._replace_dead(inflight, idle, retry)
+                continue
+            wid = next(w for w, (t, _) in inflight.items() if t == task_id)
+            _, batch = inflight.pop(wid)
+            idle.append(wid)
+            if error is not None:
+                raise error
+            self.load_seconds += load
+            yield BatchResult(batch, outputs, seconds, in_model)
+
+    def _replace_dead(self, inflight: dict, idle: list[int], retry: list[Batch]) -> None:
+        for wid, worker in enumerate(self._workers):
+            if worker is not None and not worker[0].is_alive():
+                self.restarts += 1
+                self._start(wid)
+                if wid in inflight:
+                    retry.append(inflight.pop(wid)[1])
+                    idle.append(wid)
+
+    def close(self) -> None:
+        for worker in self._workers:
+            if worker is not None:
+                worker[1].put(None)
+        for worker in self._workers:
+            if worker is not None:
+                worker[0].join(timeout=30)
+                if worker[0].is_alive():
+                    worker[0].kill()
+        self._workers = [None] * len(self.devices)

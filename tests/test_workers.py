@@ -1,0 +1,65 @@
+"""Worker processes (``--workers N``): the same dataset as one process, and a killed worker's
+batch is redone by a fresh one without losing or duplicating a record."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, cli, run_args
+from test_resume import done_count
+
+EXTRA = ("--batch-size", "2", "--max-new-tokens", "24", "--json")
+
+
+def output_of(proc) -> Path:
+    return Path(json.loads(proc.stdout.splitlines()[-1])["output"])
+
+
+def worker_pids(parent: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(parent), "-f", "spawn_main"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def test_two_workers_write_the_dataset_one_process_writes(tiny_models, demo_parquet, tmp_path, monkeypatch):
+    # One torch thread per process in both runs: a different thread count may move float sums
+    # in the last bit on some CPUs.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    one = output_of(cli(*run_args(tiny_models, demo_parquet, tmp_path / "one", *EXTRA)))
+    two = output_of(cli(*run_args(tiny_models, demo_parquet, tmp_path / "two", *EXTRA, "--workers", "2")))
+    assert two.read_bytes() == one.read_bytes()
+
+
+def test_a_worker_killed_mid_sample_is_replaced_and_nothing_is_lost(tiny_models, demo_parquet, tmp_path):
+    alone = output_of(cli(*run_args(tiny_models, demo_parquet, tmp_path / "A", *EXTRA, "--workers", "2")))
+    work = tmp_path / "B"
+    args = run_args(tiny_models, demo_parquet, work, *EXTRA, "--workers", "2")
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *args], cwd=REPO, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while done_count(work / "engine.db", "sample") < 2:
+            assert proc.poll() is None and time.time() < deadline, "no progress to interrupt"
+            time.sleep(0.05)
+        victims = worker_pids(proc.pid)
+        assert len(victims) == 2
+        os.kill(victims[0], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    summary = json.loads(out.splitlines()[-1])
+    assert all(s["failed"] == 0 for s in summary["stages"])
+    assert Path(summary["output"]).read_bytes() == alone.read_bytes()
+    con = sqlite3.connect(work / "engine.db")
+    for table, key in (("sample", "rid, inner_idx"), ("logprob", "role, rid, inner_idx"), ("reward", "rid, inner_idx")):
+        assert con.execute(f"SELECT COUNT(*) FROM (SELECT {key} FROM {table} GROUP BY {key}"
+                           " HAVING COUNT(*) > 1)").fetchone()[0] == 0

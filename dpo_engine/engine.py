@@ -52,8 +52,8 @@ class RunSummary:
 
     def to_dict(self) -> dict:
         data = {k: v for k, v in asdict(self).items() if k not in ("reports", "model_load_seconds")}
-        data["stages"] = [{"name": r.name, "computed": r.computed, "reused": r.reused, "failed": r.failed}
-                          for r in self.reports]
+        data["stages"] = [{"name": r.name, "computed": r.computed, "reused": r.reused, "failed": r.failed,
+                           "seconds": round(r.seconds, 3)} for r in self.reports]
         return data
 
 

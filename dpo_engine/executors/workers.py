@@ -75,6 +75,8 @@ class WorkerPoolExecutor:
         self._ctx = mp.get_context("spawn")  # CUDA and forked processes do not mix
         self._results = self._ctx.Queue()
         self._workers: list[tuple[Any, Any] | None] = [None] * len(self.devices)
+        for wid in range(len(self.devices)):  # started now: their imports overlap the driver's work
+            self._start(wid)
 
     def _start(self, wid: int) -> None:
         tasks = self._ctx.Queue()

@@ -1,8 +1,9 @@
 """Executors: where a batch runs, and which loaded model it runs on.
 
 The runner decides *what* is pending and commits results (it alone writes to the store); an
-executor decides *where* each batch runs and holds the loaded models. Today there is one,
-``InProcessExecutor``; worker processes and Ray are further modules behind the same protocol.
+executor decides *where* each batch runs and holds the loaded models: ``inprocess.py`` runs
+batches here, ``workers.py`` in worker processes (one per device); Ray would be one more module
+behind the same protocol.
 
 An executor takes the batches of one stage as a stream and yields one ``BatchResult`` per
 batch, in any order: commits are per record, so order never changes the output. It pulls the

@@ -106,7 +106,8 @@ def run(
     beta: float = typer.Option(0.1, "--beta", help="DPO beta of the implicit reward."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes on --device, each with its own copy of "
-                                "the model (1: everything runs in this process). The output does not change."),
+                                "the model (1: everything runs in this process). The dataset is the same as one "
+                                "process writes with the same torch threads per process."),
     devices: Optional[str] = typer.Option(None, "--devices",
                                           help="One worker process per device, e.g. cuda:0,cuda:1 (instead of "
                                           "--workers)."),

@@ -176,8 +176,18 @@ def _claim(work: Path, models: dict[str, str], *, restart: bool) -> Store:
 
     from .monitor import identity
 
+    def busy(info) -> WorkDirBusy:
+        since = datetime.fromtimestamp(info.started).strftime("%Y-%m-%d %H:%M:%S")
+        return WorkDirBusy(f"{work} is in use by a live run (pid {info.pid} on {info.host}, since {since})",
+                           f"wait for it to end (`dpo-engine status {work}` or `dpo-engine dashboard {work}` "
+                           "shows it), or stop it; a stopped or crashed run resumes with the same command")
+
     if restart and (work / DB_NAME).exists():
-        _refuse_if_live(Store.in_work_dir(work))
+        store = Store.in_work_dir(work)
+        info = store.process_info()
+        store.close()
+        if info is not None and _live(info):
+            raise busy(info)  # --restart would delete a live run's store
         for suffix in ("", "-wal", "-shm"):
             (work / (DB_NAME + suffix)).unlink(missing_ok=True)
     store = Store.in_work_dir(work)
@@ -185,21 +195,8 @@ def _claim(work: Path, models: dict[str, str], *, restart: bool) -> Store:
     live = store.process_started(pid, host, models, refuse=_live)
     if live is not None:
         store.close()
-        since = datetime.fromtimestamp(live.started).strftime("%Y-%m-%d %H:%M:%S")
-        raise WorkDirBusy(f"{work} is in use by a live run (pid {live.pid} on {live.host}, since {since})",
-                          f"wait for it to end (`dpo-engine status {work}` or `dpo-engine dashboard {work}` "
-                          "shows it), or stop it; a stopped or crashed run resumes with the same command")
+        raise busy(live)
     return store
-
-
-def _refuse_if_live(store: Store) -> None:
-    try:
-        info = store.process_info()
-    finally:
-        store.close()
-    if info is not None and _live(info):
-        raise WorkDirBusy(f"{store.path.parent} is in use by a live run (pid {info.pid} on {info.host})",
-                          "--restart would delete its store; stop that run first")
 
 
 def run_stages(config: RunConfig, observer: Observer | None = None, *, pipeline: Pipeline | None = None,

@@ -55,10 +55,6 @@ class Runner:
         self._paused = False
         self._retry = False
 
-    @property
-    def model_load_seconds(self) -> float:
-        return self.executor.load_seconds
-
     def run(self) -> list[StageReport]:
         try:
             reports = [self._run_stage(stage) for stage in self.stages]

@@ -315,8 +315,6 @@ def demo(
     from .render import RichObserver, print_quality, print_summary
 
     console = err_console if json_out else Console(soft_wrap=True)
-    if pipeline not in engine.pipeline_names():
-        raise ConfigError(f"unknown pipeline {pipeline!r}", f"use one of {', '.join(engine.pipeline_names())}")
     with RichObserver(console) as observer:
         result = engine.run_demo(work_dir, pipeline=pipeline, records=records, sample_k=sample_k,
                                  max_new_tokens=max_new_tokens, seed=seed, observer=observer)

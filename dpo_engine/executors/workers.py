@@ -71,7 +71,6 @@ class WorkerPoolExecutor:
         self.threads = threads or int(os.environ.get("OMP_NUM_THREADS") or 0) or \
             max(1, (os.cpu_count() or 1) // len(self.devices))
         self.load_seconds = 0.0
-        self.restarts = 0  # workers started again after one died
         self._ctx = mp.get_context("spawn")  # CUDA and forked processes do not mix
         self._results = self._ctx.Queue()
         self._workers: list[tuple[Any, Any] | None] = [None] * len(self.devices)
@@ -123,7 +122,6 @@ class WorkerPoolExecutor:
     def _replace_dead(self, inflight: dict, idle: list[int], retry: list[Batch]) -> None:
         for wid, worker in enumerate(self._workers):
             if worker is not None and not worker[0].is_alive():
-                self.restarts += 1
                 self._start(wid)
                 if wid in inflight:
                     retry.append(inflight.pop(wid)[1])

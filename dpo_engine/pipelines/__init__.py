@@ -15,7 +15,6 @@ import pkgutil
 
 from ..config import RunConfig
 from ..errors import ConfigError
-from ..roles import INSTRUCT, LABELER, QUESTION, REWARD, SPLIT, Role
 from .base import Pipeline, downstream, stage_hashes
 
 _registry: dict[str, Pipeline] = {}
@@ -68,5 +67,4 @@ def validate(config: RunConfig, pipeline: Pipeline | None = None) -> Pipeline:
     return pipeline
 
 
-__all__ = ["INSTRUCT", "LABELER", "QUESTION", "REWARD", "SPLIT", "Pipeline", "Role", "downstream",
-           "get_pipeline", "pipeline_names", "register", "stage_hashes", "validate"]
+__all__ = ["Pipeline", "downstream", "get_pipeline", "pipeline_names", "register", "stage_hashes", "validate"]

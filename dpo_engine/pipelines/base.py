@@ -22,16 +22,6 @@ class Pipeline:
     export_columns: tuple[Any, ...] = ()  # column sets added to every export format
     missing_hint: str = ""  # said when a role's model is missing
 
-    @property
-    def stage_names(self) -> tuple[str, ...]:
-        return tuple(stage.name for stage in self.stages)
-
-    def role(self, name: str) -> Role:
-        for role in self.roles:
-            if role.name == name:
-                return role
-        raise KeyError(name)
-
     def model_paths(self, config: RunConfig) -> dict[str, str]:
         """The configured checkpoint of each of this pipeline's roles that has one."""
         return {r.name: config.model_path(r.name) for r in self.roles if config.model_path(r.name)}

@@ -51,6 +51,9 @@ class RunConfig:
     backend: str = "hf"  # which model backend opens the checkpoints (dpo_engine.models)
     workers: int = 1  # worker processes on ``device`` (1: batches run in this process)
     devices: tuple[str, ...] = ()  # one worker process per device, instead of ``workers``
+    executor: str = "local"  # "local" (this process or worker processes) or "ray" (actors)
+    ray_address: str | None = None  # an existing Ray cluster; None starts a local one
+    lease_seconds: float = 60.0  # a dead process's records are taken over after this long
     shared_tokenizer: bool = True  # instruct and reward models map tokens to the same ids
     model_fingerprints: dict[str, str] = field(default_factory=dict)
 
@@ -73,6 +76,8 @@ class RunConfig:
             (self.distance >= 1, "--distance must be >= 1"),
             (self.batch_size >= 1, "--batch-size must be >= 1"),
             (self.workers >= 1, "--workers must be >= 1"),
+            (self.lease_seconds > 0, "--lease-seconds must be > 0"),
+            (self.executor in ("local", "ray"), "--executor must be local or ray"),
             (0 < self.jaccard_threshold <= 1, "the Jaccard threshold must be in (0, 1]"),
         ]
         for ok, message in checks:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import RunConfig, model_fingerprint
-from .errors import ModelError, WorkDirBusy
+from .errors import ConfigError, ModelError, WorkDirBusy
 from .observer import Observer, Silent
 from .store import DB_NAME, StatusSnapshot, Store
 
@@ -68,9 +68,12 @@ def _versions() -> dict[str, str]:
 def _resolve_device(config: RunConfig) -> RunConfig:
     from .models.runtime import resolve_device, resolve_dtype
 
+    # Ray actors may have GPUs this driver does not: a named device is theirs to check.
+    remote = config.executor == "ray"
     try:
-        devices = tuple(resolve_device(d) for d in config.devices)
-        device = devices[0] if devices else resolve_device(config.device)
+        devices = tuple(d if remote else resolve_device(d) for d in config.devices)
+        device = devices[0] if devices else (config.device if remote and config.device != "auto"
+                                             else resolve_device(config.device))
         dtype = str(resolve_dtype(config.dtype, device)).removeprefix("torch.")
     except (RuntimeError, ValueError) as exc:
         raise ModelError(str(exc)) from exc
@@ -91,12 +94,14 @@ def _ingest(store: Store, source, dataset: str, observer: Observer) -> None:
 
 
 def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart: bool = False,
-                 pipeline: Pipeline | None = None, executor: Executor | None = None) -> RunSummary:
+                 join: bool = False, pipeline: Pipeline | None = None,
+                 executor: Executor | None = None) -> RunSummary:
     """Ingest the dataset, run every stage that has pending work, export, and summarise.
 
     ``pipeline`` defaults to the registered one named by ``config.pipeline``; ``executor`` to
-    the in-process one. Resumes by itself: only records not yet done under the current
-    settings are computed."""
+    the one ``config`` asks for. Resumes by itself: only records not yet done under the current
+    settings are computed. With ``join``, work on the live run of ``config.work_dir`` instead
+    of starting one: same settings, its records, more workers."""
     from .dataset import open_dataset
     from .exports import export
     from .monitor import Monitor
@@ -110,11 +115,12 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
     paths = pipeline.model_paths(config)
     for role in pipeline.roles:
         check_model_folder(paths[role.name], role)
-    store = _claim(Path(config.work_dir), paths, restart=restart)
     work = Path(config.work_dir)
+    store = _join(work) if join else _claim(work, paths, restart=restart)
     monitor = None
     try:
-        _ingest(store, source, config.dataset, observer)
+        if not join:
+            _ingest(store, source, config.dataset, observer)
         config = _resolve_device(config)
         config = replace(config, model_fingerprints={role: model_fingerprint(p) for role, p in paths.items()})
         if pipeline.prepare:
@@ -122,15 +128,22 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
             for line in notes:
                 observer.note(line, "warning")
         hashes = stage_hashes(pipeline.stages, config)
-        store.save_run(pipeline.name, config.dataset, asdict(config), hashes, _versions())
+        if join:
+            _check_joined(store, hashes)
+        else:
+            store.save_run(pipeline.name, config.dataset, asdict(config), hashes, _versions())
 
         started = time.perf_counter()
-        monitor = Monitor(store.path).start()
+        if not join:  # the run's own heartbeat and device samples; a joiner beats in its worker rows
+            monitor = Monitor(store.path).start()
         executor = executor or _executor(config, pipeline)
         reports = Runner(store, pipeline.stages, config, observer, executor).run()
-        out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns)
-        monitor.stop()
-        store.process_finished("finished")
+        final = hashes[pipeline.stages[-1].name]
+        out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns, settings_hash=final)
+        store.mark_complete(final)
+        if monitor is not None:
+            monitor.stop()
+            store.process_finished("finished")
         counts = store.record_counts()
         return RunSummary(
             pipeline=pipeline.name, output=str(out.path), pairs=out.pairs,
@@ -144,7 +157,8 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
     except BaseException as exc:
         if monitor is not None:
             monitor.stop()
-        store.process_finished("stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
+        if not join:
+            store.process_finished("stopped" if isinstance(exc, KeyboardInterrupt) else "failed")
         raise
     finally:
         store.close()
@@ -152,7 +166,12 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
 
 def _executor(config: RunConfig, pipeline: Pipeline) -> Executor:
     """In this process, or worker processes: one per ``--devices`` entry, or ``--workers``
-    on ``--device``."""
+    on ``--device``; or as many Ray actors (``--executor ray``)."""
+    if config.executor == "ray":
+        from .executors.ray_actors import RayExecutor
+
+        return RayExecutor(config, pipeline.roles, len(config.devices) or config.workers,
+                           address=config.ray_address)
     if config.devices or config.workers > 1:
         from .executors.workers import WorkerPoolExecutor
 
@@ -174,13 +193,15 @@ def _claim(work: Path, models: dict[str, str], *, restart: bool) -> Store:
     would race each other's results. A crashed or finished run does not count."""
     from datetime import datetime
 
+    from .holder import gone
     from .monitor import identity
 
     def busy(info) -> WorkDirBusy:
         since = datetime.fromtimestamp(info.started).strftime("%Y-%m-%d %H:%M:%S")
         return WorkDirBusy(f"{work} is in use by a live run (pid {info.pid} on {info.host}, since {since})",
-                           f"wait for it to end (`dpo-engine status {work}` or `dpo-engine dashboard {work}` "
-                           "shows it), or stop it; a stopped or crashed run resumes with the same command")
+                           f"add workers to it with the same command plus --join, wait for it to end "
+                           f"(`dpo-engine status {work}` shows it), or stop it; a stopped or crashed run resumes "
+                           "with the same command")
 
     if restart and (work / DB_NAME).exists():
         store = Store.in_work_dir(work)
@@ -196,7 +217,40 @@ def _claim(work: Path, models: dict[str, str], *, restart: bool) -> Store:
     if live is not None:
         store.close()
         raise busy(live)
+    store.forget_workers(gone)
     return store
+
+
+JOIN_WAIT_SECONDS = 120.0  # how long --join waits for the live run to finish reading its dataset
+
+
+def _join(work: Path) -> Store:
+    """Open a live run's store to work on it as one more process (``--join``)."""
+    if not (work / DB_NAME).exists():
+        raise ConfigError(f"{work} holds no run to join", "start the run without --join")
+    store = Store.in_work_dir(work)
+    deadline = time.time() + JOIN_WAIT_SECONDS
+    while True:
+        info = store.process_info()
+        if info is None or not _live(info):
+            store.close()
+            raise ConfigError(f"{work} has no live run to join",
+                              "start the run without --join (a stopped run resumes that way)")
+        if store.run_info() is not None and info.heartbeat is not None and info.heartbeat > info.started:
+            return store  # the run has saved its settings
+        if time.time() > deadline:
+            store.close()
+            raise ConfigError(f"the live run on {work} has not started its stages yet", "try --join again later")
+        time.sleep(0.5)
+
+
+def _check_joined(store: Store, hashes: dict[str, str]) -> None:
+    """A joiner computes the live run's results only if its settings hash the same."""
+    theirs = store.run_info().stage_hashes
+    differ = [name for name, h in hashes.items() if theirs.get(name) != h]
+    if differ:
+        raise ConfigError(f"these settings differ from the live run's (stages: {', '.join(differ)})",
+                          "pass --join with exactly the options the live run was started with")
 
 
 def run_stages(config: RunConfig, observer: Observer | None = None, *, pipeline: Pipeline | None = None,
@@ -219,17 +273,42 @@ def run_stages(config: RunConfig, observer: Observer | None = None, *, pipeline:
 
 
 def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> ExportReport:
-    """Write a run's kept pairs in one export format (with its pipeline's extra columns)."""
-    from .exports import export
+    """Write a run's kept pairs in one export format (with its pipeline's extra columns).
+
+    The pairs always come from one finished settings hash: the store's, when every stage has
+    finished under its newest settings; else, when a rerun with other settings is unfinished,
+    the dataset the last finished run wrote into the work dir (``report.note`` says so)."""
+    from .errors import DpoEngineError
+    from .exports import copy_export, export, settings_hash_of
     from .pipelines import get_pipeline
 
     store = Store.in_work_dir(work_dir, create=False)
     try:
         info = store.run_info()
-        columns = get_pipeline(info.pipeline).export_columns if info else ()
-        return export(store, out, fmt, columns=columns)
+        if info is None:
+            return export(store, out, fmt)  # says the store holds no results
+        pipeline = get_pipeline(info.pipeline)
+        hashes = info.stage_hashes
+        stages = [(st.name, hashes[st.name], [(a, hashes[a]) for a in st.after])
+                  for st in pipeline.stages if st.name in hashes]
+        newest = hashes.get(pipeline.stages[-1].name)
+        left = store.unfinished(stages)
+        if not left:
+            return export(store, out, fmt, columns=pipeline.export_columns, settings_hash=newest)
+        finished = store.complete_hash()
     finally:
         store.close()
+    unfinished = f"the newest run on {work_dir} (settings {newest}) is unfinished ({left} record-stages to go)"
+    kept = Path(work_dir) / OUTPUT
+    if finished is None or settings_hash_of(kept) != finished:
+        raise DpoEngineError(unfinished + ("" if finished is None else
+                                           f", and the dataset of the last finished run ({finished}) is gone"),
+                             "finish it: the same `dpo-engine run` command resumes it")
+    if fmt != "rlaif-v":
+        raise DpoEngineError(unfinished + f"; the last finished run ({finished}) is kept as rlaif-v only",
+                             "export --format rlaif-v, or finish the newer run first")
+    return replace(copy_export(kept, out),
+                   note=f"{unfinished}; wrote the pairs of the last finished run (settings {finished})")
 
 
 def read_status(work_dir: str | Path) -> StatusSnapshot:

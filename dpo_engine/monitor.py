@@ -23,7 +23,7 @@ from .store import ProcessInfo, Store
 STALE_AFTER = 15.0  # seconds without a heartbeat before a run on another host counts as gone
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -45,7 +45,7 @@ def run_state(info: ProcessInfo | None, now: float | None = None) -> str:
         return info.state or "finished"
     now = time.time() if now is None else now
     if info.host == socket.gethostname() and info.pid:
-        alive = _pid_alive(info.pid)
+        alive = pid_alive(info.pid)
     else:
         alive = info.heartbeat is not None and now - info.heartbeat < STALE_AFTER
     if not alive:

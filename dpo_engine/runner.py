@@ -1,11 +1,14 @@
 """The runner: decides what is pending per stage, hands batches to an executor, commits results.
 
-For each stage in order it asks the store for records still pending under the stage's
-current settings hash, loads them in batches and streams those batches to the executor; each
-result it gets back is committed, outputs and the records' new state together, in one
-transaction. The runner is the only writer to the store. Where a batch runs and which model
-it runs on is the executor's business (``dpo_engine.executors``); a batch that raises is
-retried there one record at a time, so one bad record fails alone.
+For each stage in order it leases a batch of records still pending under the stage's current
+settings hash, loads it and streams it to the executor; each result it gets back is committed,
+outputs, the records' new state and the release of their leases together, in one transaction.
+In one process the runner is the only writer of results. Other processes may ``--join`` the
+work dir with runners of their own: leases (``store.leases``) keep them off each other's
+records, and each runner moves to the next stage only when the stage is done everywhere, so
+stages run in pipeline order. Where a batch runs and which model it runs on is the executor's
+business (``dpo_engine.executors``); a batch that raises is retried there one record at a
+time, so one bad record fails alone.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import Any
 from .config import RunConfig
 from .executors import Executor
 from .executors.inprocess import InProcessExecutor
+from .holder import Holder, gone
 from .observer import Observer, Silent
 from .pipelines import downstream, stage_hashes
 from .stage import Batch
@@ -34,12 +38,14 @@ class StageReport:
     seconds: float = 0.0
     model_seconds: float = 0.0
     errors: tuple[str, ...] = ()
+    lost: int = 0  # records whose lease another process took over before we committed
 
 
 def _merged(first: StageReport, again: StageReport) -> StageReport:
     return StageReport(first.name, first.computed + again.computed, first.reused, again.failed,
                        first.tokens + again.tokens, first.seconds + again.seconds,
-                       first.model_seconds + again.model_seconds, first.errors + again.errors)
+                       first.model_seconds + again.model_seconds, first.errors + again.errors,
+                       first.lost + again.lost)
 
 
 class Runner:
@@ -51,11 +57,15 @@ class Runner:
         self.observer = observer or Silent()
         self.executor = executor or InProcessExecutor()
         self.hashes = stage_hashes(self.stages, config)
-        self.poll_seconds = 0.2  # how often a paused run looks for "resume"
+        self.poll_seconds = 0.2  # how often a paused run looks for "resume", or a waiting one for work
+        self.holder = Holder(store.path, config.lease_seconds, lambda: getattr(self.executor, "workers", ()))
+        self.started = time.time()  # records that fail from now on are not retried in this pass
         self._paused = False
         self._retry = False
 
     def run(self) -> list[StageReport]:
+        self.started = time.time()
+        self.holder.start()
         try:
             reports = [self._run_stage(stage) for stage in self.stages]
             while self._retry:  # failed records re-queued from the dashboard: another pass
@@ -64,7 +74,10 @@ class Runner:
                 reports = [_merged(r, again[r.name]) for r in reports]
             return reports
         finally:
-            self.executor.close()
+            try:
+                self.executor.close()
+            finally:
+                self.holder.stop()
 
     # ------------------------------------------------------------------ control requests
     def _between_batches(self) -> None:
@@ -120,29 +133,43 @@ class Runner:
         self.observer.batch_done(stage.name, report.computed, 0, 0)
 
     def _batches(self, stage, h: str, upstream) -> Iterator[Batch]:
-        """The stage's pending records, a batch at a time, read just before each is handed out."""
+        """The stage's pending records that nobody else holds, a batch at a time, leased and
+        read just before each is handed out."""
         size = stage.batch_size(self.config)
-        after = -1
         while True:
             self._between_batches()
-            rids = self.store.pending(stage.name, h, upstream, after=after, limit=size)
+            rids = self.store.claim(stage.name, h, upstream, self.holder.token, limit=size,
+                                    lease=self.holder.lease, failed_since=self.started, gone=gone)
             if not rids:
                 return
-            after = rids[-1]
             yield self.store.load_batch(rids, stage.reads)
 
     def _run_batches(self, stage, h: str, upstream, report: StageReport) -> None:
         later = downstream(self.stages, stage.name)
         errors: list[str] = []
-        for result in self.executor.map(stage, self._batches(stage, h, upstream), self.config):
-            rids, outputs = result.batch.rids, result.outputs
-            self.store.commit(stage.name, h, rids, outputs, writes=stage.writes, downstream=later,
-                              seconds=result.seconds)
-            failed = len(outputs.failed)
-            report.computed += len(rids) - failed
-            report.failed += failed
-            report.tokens += outputs.tokens
-            report.model_seconds += result.model_seconds
-            errors.extend(f"record {rid}: {err}" for rid, err in outputs.failed.items())
-            self.observer.batch_done(stage.name, len(rids), outputs.tokens, failed)
+        waiting = False
+        while True:
+            for result in self.executor.map(stage, self._batches(stage, h, upstream), self.config):
+                rids, outputs = result.batch.rids, result.outputs
+                if not self.store.commit(stage.name, h, rids, outputs, writes=stage.writes, downstream=later,
+                                         seconds=result.seconds, holder=self.holder.token):
+                    report.lost += len(rids)  # our lease lapsed and another process redid them
+                    continue
+                failed = len(outputs.failed)
+                report.computed += len(rids) - failed
+                report.failed += failed
+                report.tokens += outputs.tokens
+                report.model_seconds += result.model_seconds
+                errors.extend(f"record {rid}: {err}" for rid, err in outputs.failed.items())
+                self.observer.batch_done(stage.name, len(rids), outputs.tokens, failed)
+            # What is left is held by other processes on this work dir: wait until they commit
+            # it, or until their leases lapse and it can be taken here.
+            left = self.store.count_pending(stage.name, h, upstream, failed_since=self.started)
+            if not left:
+                break
+            if not waiting:
+                waiting = True
+                self.observer.note(f"{stage.name}: waiting for {left} records other processes hold", "detail")
+            self._between_batches()
+            time.sleep(self.poll_seconds)
         report.errors = tuple(errors[:20])

@@ -121,6 +121,7 @@ def frozen_store(path: Path) -> Path:
     from dpo_engine.dataset import open_dataset
     from dpo_engine.ingest import ingest
     from dpo_engine.stage import Outputs, SampleRow
+    from dpo_engine.store import WorkerRow
 
     clock = iter(FROZEN - 100 + i for i in range(1000))
     real = time.time  # the store stamps rows with time.time()
@@ -138,6 +139,9 @@ def frozen_store(path: Path) -> Path:
         store.commit("logps_instruct", "h2", [0, 1], Outputs(failed={1: "RuntimeError: out of memory"}),
                      writes=(), downstream=(), seconds=0.25)
         store.add_device_samples([("cpu", 97.0, 512e6, 8e9)])
+        store.save_workers("elsewhere@4242:1", [WorkerRow("4243/w0", "elsewhere@4242:1", "elsewhere", 4243, "cuda:0",
+                                                          "working", "logps_instruct", FROZEN - 100, FROZEN - 95,
+                                                          6, 1.5)])
         store.heartbeat()
         store.close()
     finally:
@@ -162,6 +166,7 @@ def test_svg_snapshot_with_time_frozen_matches_the_stored_one(tmp_path):
     text = svg_text(out)
     assert "RUNNING" in text  # another host, heartbeat 10 s old: still counted live
     assert "out of memory" in text and "97%" in text
+    assert "4243/w0" in text and "cuda:0" in text and "4.00" in text  # the worker, 6 items in 1.5 s
 
 
 @pytest.mark.timeout(600)
@@ -246,14 +251,14 @@ def test_retry_key_queues_a_request_that_requeues_the_failed_items(tmp_path):
 
 
 def run_gone(work: Path) -> bool:
-    from dpo_engine.monitor import _pid_alive
+    from dpo_engine.monitor import pid_alive
 
     if done_count(work / "engine.db", "filter") < 12:
         return False
     store = Store(work / "engine.db", create=False)
     info = store.process_info()
     store.close()
-    return info is not None and info.finished is not None and not _pid_alive(info.pid)
+    return info is not None and info.finished is not None and not pid_alive(info.pid)
 
 
 @pytest.mark.timeout(300)

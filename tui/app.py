@@ -29,6 +29,7 @@ from .widgets.failures import FailureList
 from .widgets.header import RunHeader
 from .widgets.stages import StageTable
 from .widgets.throughput import ThroughputChart
+from .widgets.workers import WorkerList
 
 
 class Dashboard(App):
@@ -60,6 +61,7 @@ class Dashboard(App):
         with Horizontal(id="middle"):
             yield ThroughputChart(id="throughput")
             yield DevicePanel(id="devices")
+        yield WorkerList(id="workers")
         yield FailureList(id="failures")
         yield Footer()
 
@@ -84,6 +86,7 @@ class Dashboard(App):
         self.query_one(StageTable).show(snap)
         self.query_one(ThroughputChart).show(snap)
         self.query_one(DevicePanel).show(snap)
+        self.query_one(WorkerList).show(snap)
         self.query_one(FailureList).show(snap)
         self.first_snapshot.set()
         self.set_timer(self.interval, self._poll)  # armed only after this poll finished

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dpo_engine.monitor import run_state
-from dpo_engine.store import DeviceSample, Failure, Store
+from dpo_engine.store import DeviceSample, Failure, Store, WorkerRow
 
 WINDOW = 10.0  # seconds over which "now" rates are measured
 HISTORY = 120.0  # seconds of throughput and device history shown
@@ -50,6 +50,7 @@ class Snapshot:
     devices: dict[str, tuple[DeviceSample, ...]]
     failures: tuple[Failure, ...]
     pending_requests: tuple[str, ...]
+    workers: tuple[WorkerRow, ...] = ()
 
     @property
     def elapsed(self) -> float | None:
@@ -126,4 +127,5 @@ def take_snapshot(store: Store, now: float) -> Snapshot:
         devices={k: tuple(v) for k, v in devices.items()},
         failures=tuple(store.recent_failures(20)),
         pending_requests=tuple(store.pending_requests()),
+        workers=tuple(status.workers),
     )

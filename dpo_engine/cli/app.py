@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .. import __version__, engine
 from ..config import RunConfig
@@ -111,6 +112,18 @@ def run(
     devices: Optional[str] = typer.Option(None, "--devices",
                                           help="One worker process per device, e.g. cuda:0,cuda:1 (instead of "
                                           "--workers)."),
+    join: bool = typer.Option(False, "--join",
+                              help="Work on the live run of --work-dir as more workers (pass the live run's "
+                              "options; --workers/--devices may differ). Records are shared out by leases."),
+    executor: str = typer.Option("local", "--executor",
+                                 help="local (this process or worker processes) or ray (one Ray actor per "
+                                 "device or --workers; pip extra 'ray'). The store stays with this process."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address",
+                                              help="--executor ray: the cluster to use (e.g. 10.0.0.1:6379); "
+                                              "default: start a local one."),
+    lease_seconds: float = typer.Option(60.0, "--lease-seconds",
+                                       help="How long records held by a process that stopped answering wait "
+                                       "before another takes them over (a dead process here is seen at once)."),
     dtype: str = typer.Option("auto", "--dtype",
                               help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
     restart: bool = typer.Option(False, "--restart",
@@ -154,9 +167,12 @@ def run(
         rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype, workers=workers,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
+        executor=executor, ray_address=ray_address, lease_seconds=lease_seconds,
     )
+    if join and restart:
+        raise ConfigError("--join and --restart do not go together", "--join works on the live run as it is")
     with RichObserver(console) as observer:
-        summary = engine.run_pipeline(config, observer, restart=restart)
+        summary = engine.run_pipeline(config, observer, restart=restart, join=join)
     print_summary(console, summary)
     if json_out:
         print(json.dumps(summary.to_dict()))
@@ -275,7 +291,10 @@ def export(
 ):
     """Write the run's pairs as a parquet dataset in the chosen format."""
     report = engine.export_run(work_dir, out, fmt)
-    Console().print(f"wrote {report.pairs} pairs ({fmt}) to [bold]{report.path}[/]")
+    console = Console()
+    if report.note:
+        console.print(f"[yellow]{escape(report.note)}[/]")
+    console.print(f"wrote {report.pairs} pairs ({fmt}, settings {report.settings_hash}) to [bold]{escape(str(report.path))}[/]")
 
 
 # ---------------------------------------------------------------------------------- validate

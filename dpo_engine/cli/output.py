@@ -7,6 +7,7 @@ Kept apart from the Typer app so that ``status`` can print without building it (
 from __future__ import annotations
 
 import json
+import time
 import traceback
 from dataclasses import asdict
 
@@ -33,9 +34,18 @@ def report_error(exc: BaseException, console: Console, debug: bool = False) -> i
     return 1
 
 
+def worker_fields(w, now: float) -> dict:
+    """One worker as ``status --json`` and the dashboard show it."""
+    return {"id": w.id, "device": w.device, "host": w.host, "pid": w.pid, "state": w.state, "stage": w.stage,
+            "heartbeat_age": round(now - w.heartbeat, 1) if w.heartbeat else None, "items": w.items,
+            "items_per_s": round(w.items_per_s, 3) if w.items_per_s else None, "holder": w.holder}
+
+
 def status_json(snap) -> str:
+    now = time.time()
     return json.dumps({"pipeline": snap.pipeline, "records": asdict(snap.records),
-                       "stages": [asdict(s) for s in snap.stages]})
+                       "stages": [asdict(s) for s in snap.stages],
+                       "workers": [worker_fields(w, now) for w in snap.workers], "leases": snap.leases})
 
 
 def print_status(console: Console, work_dir, snap) -> None:
@@ -51,3 +61,12 @@ def print_status(console: Console, work_dir, snap) -> None:
     for s in snap.stages:
         for reason, n in s.notes.items():
             console.print(f"  {s.name}: {n} answers with {reason}", highlight=False, markup=False)
+    if snap.workers:
+        now = time.time()
+        workers = Table("worker", "device", "host", "state", "stage", "heartbeat", "items", "items/s")
+        for w in snap.workers:
+            f = worker_fields(w, now)
+            workers.add_row(Text(f["id"]), Text(f["device"] or "-"), Text(f["host"] or "-"), f["state"] or "-",
+                            f["stage"] or "-", f"{f['heartbeat_age']}s ago" if f["heartbeat_age"] is not None
+                            else "-", str(f["items"]), f"{f['items_per_s']:.2f}" if f["items_per_s"] else "-")
+        console.print(workers)

@@ -2,8 +2,8 @@
 
 The runner decides *what* is pending and commits results (it alone writes to the store); an
 executor decides *where* each batch runs and holds the loaded models: ``inprocess.py`` runs
-batches here, ``workers.py`` in worker processes (one per device); Ray would be one more module
-behind the same protocol.
+batches here, ``workers.py`` in worker processes (one per device), ``ray_actors.py`` in Ray
+actors (a local or remote Ray cluster).
 
 An executor takes the batches of one stage as a stream and yields one ``BatchResult`` per
 batch, in any order: commits are per record, so order never changes the output. It pulls the
@@ -12,11 +12,17 @@ next batch only when it can start it, which is where the runner honours pause re
 
 from __future__ import annotations
 
+import os
+import socket
+import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..stage import Batch, Outputs
+
+if TYPE_CHECKING:
+    from ..roles import RoleModels
 
 
 @dataclass
@@ -27,8 +33,35 @@ class BatchResult:
     model_seconds: float = 0.0  # of which inside model calls
 
 
+@dataclass
+class WorkerView:
+    """One worker as its executor sees it, updated as it works; the run's heartbeat copies
+    these into the store for ``status`` and the dashboard."""
+
+    name: str
+    device: str
+    pid: int | None = None
+    host: str = field(default_factory=socket.gethostname)
+    state: str = "starting"  # starting, loading, working, idle, replaced, stopped
+    stage: str | None = None
+    started: float = field(default_factory=time.time)
+    items: int = 0
+    busy: float = 0.0  # seconds spent on batches
+
+    def begin(self, stage: str) -> None:
+        self.state, self.stage = "working", stage
+
+    def finish(self, items: int, seconds: float) -> None:
+        self.state, self.items, self.busy = "idle", self.items + items, self.busy + seconds
+
+
+def this_process(device: str) -> WorkerView:
+    return WorkerView("main", device, os.getpid(), state="idle")
+
+
 class Executor(Protocol):
     load_seconds: float  # time spent opening models
+    workers: list[WorkerView]
 
     def map(self, stage: Any, batches: Iterable[Batch], config: Any) -> Iterator[BatchResult]: ...
 
@@ -47,3 +80,37 @@ def process_contained(stage: Any, batch: Batch, model: Any, config: Any) -> Outp
     for rid in batch.rids:
         merged.merge(process_contained(stage, batch.subset([rid]), model, config))
     return merged
+
+
+class HeldModel:
+    """The one model a worker process or an actor holds between batches: opened when a batch
+    needs it and kept while the next stages' roles map to the same checkpoint (``sample`` and
+    ``logps_instruct`` share the instruct model), so each process loads each model once."""
+
+    def __init__(self, models: RoleModels):
+        self.models = models
+        self._key: Any = None
+        self._model: Any = None
+
+    def process(self, stage: Any, batch: Batch, config: Any) -> tuple[Outputs, float, float, float]:
+        """Run a batch on its stage's model; return the outputs, the batch's wall seconds,
+        those spent inside model calls, and the seconds spent opening the model first."""
+        load = 0.0
+        wanted = self.models.key(stage.model_role) if stage.model_role else None
+        if wanted != self._key:
+            self.close()
+            t0 = time.perf_counter()
+            self._model = self.models.open(stage.model_role) if wanted else None
+            self._key, load = wanted, time.perf_counter() - t0
+        model = self._model
+        busy = model.model_seconds if model is not None else 0.0
+        t0 = time.perf_counter()
+        outputs = process_contained(stage, batch, model, config)
+        seconds = time.perf_counter() - t0
+        in_model = model.model_seconds - busy if model is not None else 0.0
+        return outputs, seconds, in_model, load
+
+    def close(self) -> None:
+        if self._model is not None:
+            self._model.close()
+        self._model, self._key = None, None

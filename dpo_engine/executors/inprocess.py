@@ -12,43 +12,32 @@ from typing import Any
 
 from ..roles import RoleModels
 from ..stage import Batch
-from . import BatchResult, process_contained
+from . import BatchResult, HeldModel, WorkerView, process_contained, this_process
 
 
 class InProcessExecutor:
     def __init__(self, models: RoleModels | None = None):
-        self.models = models
+        self.held = HeldModel(models) if models is not None else None
         self.load_seconds = 0.0
-        self._key: Any = None
-        self._model: Any = None
-
-    def _model_for(self, role: str | None) -> Any:
-        if role is None:
-            return None
-        if self.models is None:
-            raise RuntimeError(f"a stage needs the {role} model but this executor was given no models")
-        key = self.models.key(role)
-        if key != self._key:
-            self.close()
-            t0 = time.perf_counter()
-            self._model = self.models.open(role)
-            self.load_seconds += time.perf_counter() - t0
-            self._key = key
-        return self._model
+        self.workers: list[WorkerView] = [this_process(models.config.device if models else "cpu")]
 
     def map(self, stage: Any, batches: Iterable[Batch], config: Any) -> Iterator[BatchResult]:
-        model, loaded = None, False
+        view = self.workers[0]
         for batch in batches:
-            if not loaded:  # only a stage with pending work loads its model
-                model, loaded = self._model_for(stage.model_role), True
-            busy = model.model_seconds if model is not None else 0.0
-            t0 = time.perf_counter()
-            outputs = process_contained(stage, batch, model, config)
-            seconds = time.perf_counter() - t0
-            in_model = model.model_seconds - busy if model is not None else 0.0
+            view.begin(stage.name)
+            if self.held is not None:
+                outputs, seconds, in_model, load = self.held.process(stage, batch, config)
+                self.load_seconds += load
+            elif stage.model_role is None:
+                t0 = time.perf_counter()
+                outputs, in_model = process_contained(stage, batch, None, config), 0.0
+                seconds = time.perf_counter() - t0
+            else:
+                raise RuntimeError(f"stage {stage.name} needs the {stage.model_role} model but this executor "
+                                   "was given no models")
+            view.finish(len(batch.rids), seconds)
             yield BatchResult(batch, outputs, seconds, in_model)
 
     def close(self) -> None:
-        if self._model is not None:
-            self._model.close()
-        self._model, self._key = None, None
+        if self.held is not None:
+            self.held.close()

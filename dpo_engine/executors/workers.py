@@ -15,7 +15,6 @@ from __future__ import annotations
 import multiprocessing as mp
 import os
 import queue
-import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
 from typing import Any
@@ -23,7 +22,7 @@ from typing import Any
 from ..config import RunConfig
 from ..roles import Role, RoleModels
 from ..stage import Batch
-from . import BatchResult, process_contained
+from . import BatchResult, HeldModel, WorkerView
 
 POLL_SECONDS = 0.5  # how often the driver looks for dead workers while it waits
 
@@ -33,32 +32,23 @@ def _worker(config: RunConfig, roles: Sequence[Role], threads: int, tasks, resul
     import torch
 
     torch.set_num_threads(threads)
-    models = RoleModels(config, roles)
-    key, model = None, None
+    held = HeldModel(RoleModels(config, roles))
+    parent = os.getppid()
     while True:
-        task = tasks.get()
+        try:
+            task = tasks.get(timeout=POLL_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:  # the driver was killed: nobody will read our results
+                break
+            continue
         if task is None:
             break
         task_id, stage, batch = task
         try:
-            load = 0.0
-            wanted = models.key(stage.model_role) if stage.model_role else None
-            if wanted != key:
-                if model is not None:
-                    model.close()
-                t0 = time.perf_counter()
-                model = models.open(stage.model_role) if wanted else None
-                key, load = wanted, time.perf_counter() - t0
-            busy = model.model_seconds if model is not None else 0.0
-            t0 = time.perf_counter()
-            outputs = process_contained(stage, batch, model, config)
-            seconds = time.perf_counter() - t0
-            in_model = model.model_seconds - busy if model is not None else 0.0
-            results.put((task_id, outputs, seconds, in_model, load, None))
+            results.put((task_id, *held.process(stage, batch, config), None))
         except Exception as exc:  # noqa: BLE001 - e.g. a model that cannot be opened: the driver raises it
             results.put((task_id, None, 0.0, 0.0, 0.0, exc))
-    if model is not None:
-        model.close()
+    held.close()
 
 
 class WorkerPoolExecutor:
@@ -74,6 +64,7 @@ class WorkerPoolExecutor:
         self._ctx = mp.get_context("spawn")  # CUDA and forked processes do not mix
         self._results = self._ctx.Queue()
         self._workers: list[tuple[Any, Any] | None] = [None] * len(self.devices)
+        self.workers = [WorkerView(f"w{wid}", device) for wid, device in enumerate(self.devices)]
         for wid in range(len(self.devices)):  # started now: their imports overlap the driver's work
             self._start(wid)
 
@@ -84,6 +75,8 @@ class WorkerPoolExecutor:
                                  name=f"dpo-engine-worker-{wid}", daemon=True)
         proc.start()
         self._workers[wid] = (proc, tasks)
+        view = self.workers[wid]
+        view.pid, view.state, view.stage = proc.pid, "starting", None
 
     def map(self, stage: Any, batches: Iterable[Batch], config: Any) -> Iterator[BatchResult]:
         for wid, worker in enumerate(self._workers):
@@ -102,6 +95,7 @@ class WorkerPoolExecutor:
                     break
                 wid = idle.pop(0)
                 self._workers[wid][1].put((next_id, stage, batch))
+                self.workers[wid].begin(stage.name)
                 inflight[wid] = (next_id, batch)
                 next_id += 1
             if not inflight:
@@ -116,6 +110,7 @@ class WorkerPoolExecutor:
             idle.append(wid)
             if error is not None:
                 raise error
+            self.workers[wid].finish(len(batch.rids), seconds)
             self.load_seconds += load
             yield BatchResult(batch, outputs, seconds, in_model)
 
@@ -137,3 +132,5 @@ class WorkerPoolExecutor:
                 if worker[0].is_alive():
                     worker[0].kill()
         self._workers = [None] * len(self.devices)
+        for view in self.workers:
+            view.state, view.stage = "stopped", None

@@ -9,14 +9,17 @@ The caller (the pipeline) adds its own columns to every format with ``ColumnSet`
 ``claims.CLAIMS`` for divide_and_conquer; they come after the format's columns.
 
 Every file carries the ``huggingface`` schema metadata that makes
-``datasets.load_dataset("parquet")`` decode the image columns as images.
+``datasets.load_dataset("parquet")`` decode the image columns as images, and, when the caller
+knows it, ``dpo_engine`` metadata naming the settings hash whose pairs it holds.
 """
 
 from __future__ import annotations
 
 import functools
 import importlib
+import json
 import pkgutil
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,8 +31,8 @@ from ..errors import DpoEngineError
 from ..store import Store
 from ._arrow import JSON_TO_ARROW, ColumnSet, ExportFormat, atomic_file, hf_metadata
 
-__all__ = ["CHUNK_ROWS", "ColumnSet", "ExportFormat", "ExportReport", "export", "formats",
-           "register_format"]
+__all__ = ["CHUNK_ROWS", "ColumnSet", "ExportFormat", "ExportReport", "copy_export", "export", "formats",
+           "register_format", "settings_hash_of"]
 
 CHUNK_ROWS = 256
 
@@ -41,6 +44,8 @@ class ExportReport:
     records_with_pairs: int
     mean_chosen_words: float
     mean_rejected_words: float
+    settings_hash: str | None = None  # the settings whose pairs these are
+    note: str | None = None  # what the caller should know (e.g. a newer run is unfinished)
 
 
 @functools.cache
@@ -73,9 +78,10 @@ def register_format(fmt: ExportFormat, *, replace: bool = False) -> ExportFormat
     return fmt
 
 
-def export(store: Store, out: str | Path, fmt: str = "rlaif-v",
-           columns: Sequence[ColumnSet] = ()) -> ExportReport:
-    """Write the kept pairs to ``out`` in format ``fmt``, plus the ``columns`` sets' columns."""
+def export(store: Store, out: str | Path, fmt: str = "rlaif-v", columns: Sequence[ColumnSet] = (), *,
+           settings_hash: str | None = None) -> ExportReport:
+    """Write the kept pairs to ``out`` in format ``fmt``, plus the ``columns`` sets' columns;
+    ``settings_hash``, when given, is written into the file's metadata."""
     known = formats()
     if fmt not in known:
         raise DpoEngineError(f"unknown export format {fmt!r}", f"use one of {', '.join(known)}")
@@ -97,7 +103,10 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v",
     for cs in columns:
         fields += list(cs.fields)
         features.update(cs.features)
-    schema = pa.schema([pa.field(n, t) for n, t in fields], metadata=hf_metadata(features))
+    metadata = hf_metadata(features)
+    if settings_hash is not None:
+        metadata[_OURS] = json.dumps({"settings_hash": settings_hash}).encode()
+    schema = pa.schema([pa.field(n, t) for n, t in fields], metadata=metadata)
     if out.is_dir():
         raise DpoEngineError(f"{out} is a folder", "name the .parquet file to write")
     batch: dict[str, list] = {n: [] for n, _ in fields}
@@ -123,4 +132,31 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v",
         if pending or n_pairs == 0:
             writer.write_table(pa.table(batch, schema=schema))
     return ExportReport(out, n_pairs, len(rids), chosen_words / n_pairs if n_pairs else 0.0,
-                        rejected_words / n_pairs if n_pairs else 0.0)
+                        rejected_words / n_pairs if n_pairs else 0.0, settings_hash)
+
+
+_OURS = b"dpo_engine"
+
+
+def settings_hash_of(path: str | Path) -> str | None:
+    """The settings hash an exported file says it holds, or None (no such file, no mark)."""
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except (OSError, pa.ArrowInvalid):
+        return None
+    return json.loads(meta[_OURS]).get("settings_hash") if _OURS in meta else None
+
+
+def copy_export(src: Path, out: str | Path) -> ExportReport:
+    """Write an earlier export of the run (``src``) to ``out`` as it is, atomically."""
+    out = Path(out)
+    if out.is_dir():
+        raise DpoEngineError(f"{out} is a folder", "name the .parquet file to write")
+    table = pq.read_table(src, columns=["idx", "chosen", "rejected"])
+    with atomic_file(out) as fh, open(src, "rb") as source:
+        shutil.copyfileobj(source, fh, 1 << 20)
+    chosen = [len(t.split()) for t in table.column("chosen").to_pylist()]
+    rejected = [len(t.split()) for t in table.column("rejected").to_pylist()]
+    n = table.num_rows
+    return ExportReport(out, n, len(set(table.column("idx").to_pylist())), sum(chosen) / n if n else 0.0,
+                        sum(rejected) / n if n else 0.0, settings_hash_of(src))

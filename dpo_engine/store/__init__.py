@@ -13,6 +13,7 @@ connections and never block the writer.
 * ``writes``: the run's settings, input records, batch commits, the run-scope filter's commit;
 * ``reads``: the work queue, batch reads, results, one record in full, status counts;
 * ``live``: the live process's heartbeat, device samples, metrics, control requests;
+* ``leases``: which process holds which records, and each process's workers;
 * ``rows``: the frozen rows the read API returns.
 
 The store stays light to import (no numpy, pandas or pyarrow), so ``status`` and the
@@ -21,21 +22,22 @@ dashboard start fast.
 
 from __future__ import annotations
 
+from .leases import StoreLeases
 from .live import CONTROL_ACTIONS, StoreLive
 from .reads import StoreReads
 from .rows import (AnswerDetail, DeviceSample, Failure, InvalidRecord, MetricRow, ProcessInfo, RecordCounts,
-                   RecordDetail, RunInfo, StageCounts, StatusSnapshot)
+                   RecordDetail, RunInfo, StageCounts, StatusSnapshot, WorkerRow)
 from .schema import DB_NAME, MIGRATIONS, OUTPUT_TABLES, StoreBase
 from .writes import StoreWrites
 
 __all__ = [
     "AnswerDetail", "CONTROL_ACTIONS", "DB_NAME", "DeviceSample", "Failure", "InvalidRecord", "MIGRATIONS",
     "MetricRow", "OUTPUT_TABLES", "ProcessInfo", "RecordCounts", "RecordDetail", "RunInfo", "StageCounts",
-    "StatusSnapshot", "Store", "StoreBase",
+    "StatusSnapshot", "Store", "StoreBase", "WorkerRow",
 ]
 
 
-class Store(StoreWrites, StoreReads, StoreLive):
+class Store(StoreWrites, StoreReads, StoreLive, StoreLeases):
     """One work dir's store: open it with ``Store.in_work_dir(work_dir)``.
 
     Holds one ``sqlite3`` connection, ``conn``, in autocommit mode; every write is one

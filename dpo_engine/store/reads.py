@@ -4,6 +4,7 @@ stages, the results for the output, one record in full, and the status counts.""
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Iterator
 
 from ..stage import (Batch, FactRow, JudgmentRow, LogprobRow, QuestionRow, RecordIn, RewardRow, SampleRow,
@@ -54,7 +55,7 @@ class StoreReads(StoreBase):
 
     # ------------------------------------------------------------------ work queue
     def _pending_sql(self, upstream: list[tuple[str, str]]) -> str:
-        parts = ["SELECT r.rid FROM record r WHERE r.valid = 1 AND r.rid > ?"]
+        parts = ["SELECT r.rid FROM record r WHERE r.valid = 1"]
         for _ in upstream:
             parts.append(
                 " AND EXISTS (SELECT 1 FROM stage_state u WHERE u.stage = ? AND u.rid = r.rid"
@@ -62,27 +63,41 @@ class StoreReads(StoreBase):
             )
         parts.append(
             " AND NOT EXISTS (SELECT 1 FROM stage_state s WHERE s.stage = ? AND s.rid = r.rid"
-            " AND s.status = 'done' AND s.settings_hash = ?)"
+            " AND s.settings_hash = ? AND (s.status = 'done' OR s.finished >= ?))"
         )
         return "".join(parts)
 
     @staticmethod
-    def _pending_params(stage, settings_hash, upstream, after) -> list:
-        params: list = [after]
+    def _pending_params(stage, settings_hash, upstream, failed_since) -> list:
+        params: list = []
         for name, h in upstream:
             params += [name, h]
-        return params + [stage, settings_hash]
+        return params + [stage, settings_hash, failed_since]
 
     def pending(self, stage: str, settings_hash: str, upstream: list[tuple[str, str]], *,
-                after: int = -1, limit: int = 1000) -> list[int]:
-        """Valid records whose upstream stages are done and this stage is not (under these hashes)."""
+                limit: int = 1000, failed_since: float = math.inf) -> list[int]:
+        """Valid records whose upstream stages are done and this stage is not (under these
+        hashes), leaving out those that failed at or after ``failed_since`` (a pass does not
+        retry its own failures; the next run does)."""
         sql = self._pending_sql(upstream) + " ORDER BY r.rid LIMIT ?"
-        params = self._pending_params(stage, settings_hash, upstream, after) + [limit]
+        params = self._pending_params(stage, settings_hash, upstream, failed_since) + [limit]
         return [row[0] for row in self.conn.execute(sql, params)]
 
-    def count_pending(self, stage: str, settings_hash: str, upstream: list[tuple[str, str]]) -> int:
+    def count_pending(self, stage: str, settings_hash: str, upstream: list[tuple[str, str]], *,
+                      failed_since: float = math.inf) -> int:
         sql = f"SELECT COUNT(*) FROM ({self._pending_sql(upstream)})"
-        return self.conn.execute(sql, self._pending_params(stage, settings_hash, upstream, -1)).fetchone()[0]
+        params = self._pending_params(stage, settings_hash, upstream, failed_since)
+        return self.conn.execute(sql, params).fetchone()[0]
+
+    def unfinished(self, stages: list[tuple[str, str, list[tuple[str, str]]]]) -> int:
+        """Record-stages never attempted under the given (stage, hash, upstream)s; 0 when a
+        run with these settings has finished (failed records count as attempted)."""
+        return sum(self.count_pending(name, h, upstream, failed_since=-math.inf) for name, h, upstream in stages)
+
+    def complete_hash(self) -> str | None:
+        """The settings hash of the last run that finished every stage, if any."""
+        row = self.conn.execute("SELECT complete_hash FROM run WHERE id = 1").fetchone()
+        return row[0] if row else None
 
     def count_done(self, stage: str, settings_hash: str) -> int:
         return self.conn.execute(
@@ -275,4 +290,4 @@ class StoreReads(StoreBase):
                 name, done, max(0, counts.valid - done - failed), failed,
                 items / secs if secs > 0 else None, tokens / secs if secs > 0 and tokens else None,
                 self.note_counts(name)))
-        return StatusSnapshot(info.pipeline if info else None, counts, stages)
+        return StatusSnapshot(info.pipeline if info else None, counts, stages, self.workers(), self.lease_holders())

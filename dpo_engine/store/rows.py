@@ -28,6 +28,8 @@ class StatusSnapshot:
     pipeline: str | None
     records: RecordCounts
     stages: list[StageCounts]
+    workers: list[WorkerRow] = field(default_factory=list)
+    leases: dict[str, int] = field(default_factory=dict)  # records held now, by holder
 
 
 @dataclass(frozen=True)
@@ -105,3 +107,22 @@ class RunInfo:
     settings: dict
     stage_hashes: dict[str, str]
     extra_columns: list[str]
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    id: str
+    holder: str  # the process that drives it and holds its leases
+    host: str | None
+    pid: int | None
+    device: str | None
+    state: str | None  # starting, loading, working, idle, replaced, stopped
+    stage: str | None
+    started: float | None
+    heartbeat: float | None
+    items: int = 0
+    busy: float = 0.0  # seconds spent on batches
+
+    @property
+    def items_per_s(self) -> float | None:
+        return self.items / self.busy if self.busy > 0 else None

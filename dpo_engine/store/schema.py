@@ -108,6 +108,23 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX metric_ts ON metric(ts);
     """,
+    # 4: several processes on one work dir. A lease says which process holds a record of a
+    # stage until when; the holders renew them while alive. Each process lists its workers.
+    # ``complete_hash`` is the settings hash of the last run that finished every stage.
+    """
+    CREATE TABLE lease (
+        stage TEXT NOT NULL, rid INTEGER NOT NULL, holder TEXT NOT NULL, expires REAL NOT NULL,
+        PRIMARY KEY (stage, rid)
+    ) WITHOUT ROWID;
+    CREATE INDEX lease_holder ON lease(holder);
+    CREATE TABLE worker (
+        id TEXT NOT NULL, holder TEXT NOT NULL, host TEXT, pid INTEGER, device TEXT,
+        state TEXT, stage TEXT, started REAL, heartbeat REAL, items INTEGER NOT NULL DEFAULT 0,
+        busy REAL NOT NULL DEFAULT 0,
+        PRIMARY KEY (holder, id)
+    );
+    ALTER TABLE run ADD COLUMN complete_hash TEXT;
+    """,
 ]
 
 # Which table each kind of output lands in, and the (column, value) that scopes it to its

@@ -28,6 +28,11 @@ class StoreWrites(StoreBase):
                  json.dumps(versions), now, now),
             )
 
+    def mark_complete(self, settings_hash: str) -> None:
+        """Remember that every stage finished under ``settings_hash`` (the last stage's)."""
+        with self.transaction() as c:
+            c.execute("UPDATE run SET complete_hash = ? WHERE id = 1", (settings_hash,))
+
     def note_extra_columns(self, names: Iterable[str]) -> None:
         """Remember carried column names in first-seen order (for the output's columns)."""
         row = self.conn.execute("SELECT extra_columns FROM run WHERE id = 1").fetchone()
@@ -77,16 +82,26 @@ class StoreWrites(StoreBase):
 
     # ------------------------------------------------------------------ commits
     def commit(self, stage: str, settings_hash: str, rids: list[int], outputs: Outputs, *,
-               writes: Iterable[str], downstream: Iterable[str], seconds: float) -> None:
+               writes: Iterable[str], downstream: Iterable[str], seconds: float,
+               holder: str | None = None) -> bool:
         """Store a batch's outputs and its records' new state in one transaction.
 
         Old outputs of these records for this stage are replaced, so nothing is stored twice,
-        and downstream stages' state for them is cleared so they are recomputed."""
+        and downstream stages' state for them is cleared so they are recomputed. With a
+        ``holder``, the batch is stored only if it still holds the records' leases (which the
+        commit drops); if another process took them over meanwhile, nothing is written and the
+        answer is False."""
         done = [rid for rid in rids if rid not in outputs.failed]
         done_json = json.dumps(done)
         now = time.time()
         per_item = seconds / max(1, len(rids))
         with self.transaction() as c:
+            if holder is not None:
+                released = c.execute("DELETE FROM lease WHERE stage = ? AND holder = ? AND rid IN"
+                                     " (SELECT value FROM json_each(?))",
+                                     (stage, holder, json.dumps(rids))).rowcount
+                if released != len(rids):
+                    return False
             for kind in writes:
                 table, scope = OUTPUT_TABLES[kind]
                 sql = f"DELETE FROM {table} WHERE rid IN (SELECT value FROM json_each(?))"
@@ -109,6 +124,7 @@ class StoreWrites(StoreBase):
                           " (SELECT value FROM json_each(?))", (name, done_json))
             c.execute("INSERT INTO metric (ts, stage, items, tokens, seconds) VALUES (?, ?, ?, ?, ?)",
                       (now, stage, len(done), outputs.tokens, seconds))
+        return True
 
     @staticmethod
     def _insert_outputs(c: sqlite3.Connection, out: Outputs) -> None:

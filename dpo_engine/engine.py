@@ -137,7 +137,7 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
         if not join:  # the run's own heartbeat and device samples; a joiner beats in its worker rows
             monitor = Monitor(store.path).start()
         executor = executor or _executor(config, pipeline)
-        reports = Runner(store, pipeline.stages, config, observer, executor).run()
+        reports = Runner(store, pipeline.stages, config, observer, executor, controls=not join).run()
         final = hashes[pipeline.stages[-1].name]
         out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns, settings_hash=final)
         store.mark_complete(final)

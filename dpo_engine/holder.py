@@ -63,8 +63,10 @@ class Holder:
     def _loop(self) -> None:
         store = Store(self.db_path)
         try:
-            while not self._stop.wait(self.interval):
+            while True:  # a first beat at once: status shows a new process's workers without delay
                 store.renew(self.token, self.lease)
                 self._save_workers(store)
+                if self._stop.wait(self.interval):
+                    return
         finally:
             store.close()

@@ -50,7 +50,7 @@ def _merged(first: StageReport, again: StageReport) -> StageReport:
 
 class Runner:
     def __init__(self, store: Store, stages: Sequence[Any], config: RunConfig, observer: Observer | None = None,
-                 executor: Executor | None = None):
+                 executor: Executor | None = None, *, controls: bool = True):
         self.store = store
         self.stages = list(stages)
         self.config = config
@@ -60,6 +60,7 @@ class Runner:
         self.poll_seconds = 0.2  # how often a paused run looks for "resume", or a waiting one for work
         self.holder = Holder(store.path, config.lease_seconds, lambda: getattr(self.executor, "workers", ()))
         self.started = time.time()  # records that fail from now on are not retried in this pass
+        self.controls = controls  # the run's own process takes the dashboard's requests; joiners do not
         self._paused = False
         self._retry = False
 
@@ -82,6 +83,8 @@ class Runner:
     # ------------------------------------------------------------------ control requests
     def _between_batches(self) -> None:
         """Honour requests from the dashboard: pause (wait here until resumed), retry failed."""
+        if not self.controls:
+            return
         paused = False
         while True:
             for action in self.store.take_requests():

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, cli, run_args
+from conftest import REPO, cli, dnc_args, run_args
 from test_resume import done_count
 
 EXTRA = ("--batch-size", "2", "--max-new-tokens", "24", "--json")
@@ -61,5 +61,35 @@ def test_a_worker_killed_mid_sample_is_replaced_and_nothing_is_lost(tiny_models,
     assert Path(summary["output"]).read_bytes() == alone.read_bytes()
     con = sqlite3.connect(work / "engine.db")
     for table, key in (("sample", "rid, inner_idx"), ("logprob", "role, rid, inner_idx"), ("reward", "rid, inner_idx")):
+        assert con.execute(f"SELECT COUNT(*) FROM (SELECT {key} FROM {table} GROUP BY {key}"
+                           " HAVING COUNT(*) > 1)").fetchone()[0] == 0
+
+
+def test_divide_and_conquer_on_two_workers_with_one_killed_mid_check_writes_the_same_dataset(
+        world_models, demo_parquet, tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    extra = ("--batch-size", "1", "--json")
+    alone = output_of(cli(*dnc_args(world_models, demo_parquet, tmp_path / "one", *extra)))
+    work = tmp_path / "two"
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *dnc_args(world_models, demo_parquet, work, *extra,
+                                                                            "--workers", "2")],
+                            cwd=REPO, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    try:
+        while done_count(work / "engine.db", "check") < 2:
+            assert proc.poll() is None and time.time() < deadline, "no progress to interrupt"
+            time.sleep(0.05)
+        victims = worker_pids(proc.pid)
+        assert len(victims) == 2
+        os.kill(victims[1], signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0
+    assert Path(json.loads(out.splitlines()[-1])["output"]).read_bytes() == alone.read_bytes()
+    con = sqlite3.connect(work / "engine.db")
+    for table, key in (("fact", "rid, inner_idx, ord"), ("judgment", "rid, inner_idx, ord"), ("score", "rid, inner_idx")):
         assert con.execute(f"SELECT COUNT(*) FROM (SELECT {key} FROM {table} GROUP BY {key}"
                            " HAVING COUNT(*) > 1)").fetchone()[0] == 0

@@ -22,6 +22,11 @@
   the same run in one process with one thread, wall time of the whole command (start-up, worker
   start-up and model loads included); workers_2_stage_speedup: the same over the stages' time
   only; workers_2_same_output says the bytes matched.
+* ray_overhead_share: the same run on 2 Ray actors (a local cluster started by the run) over
+  the 2 worker processes, minus 1 (0.1 = 10% slower); ray_same_output: the bytes matched.
+* lease_reclaim_seconds: from a joined process's kill -9 until the run has taken back every
+  record it held (2-second lease); lease_reclaim_frozen_seconds: the same for a process frozen
+  with SIGSTOP, which only its leases' expiry can free.
 * engine_overhead_share: share of a full run's wall time spent outside model calls
   (SQLite, bookkeeping, image decoding) on a small (>5M parameter) model.
 """
@@ -199,32 +204,113 @@ def dashboard_figure(tmp: Path, model_path: str, quick: bool) -> dict:
     return {"dashboard_10hz_slowdown": round(watched_t / alone, 3)}
 
 
-def workers_figure(tmp: Path, model_path: str, quick: bool) -> dict:
+def workers_figure(tmp: Path, model_path: str, quick: bool, *, ray: bool = True) -> dict:
     """A full dpo_reward run with 2 worker processes x 1 torch thread over 1 process x 1 thread,
-    after a warm-up run; both must write the same bytes."""
+    after a warm-up run; then the same run on 2 Ray actors (a local cluster) against the two
+    workers. Every run must write the same bytes."""
     from dpo_engine.demo.world import write_dataset
 
-    n = 16 if quick else 48
+    n = 16 if quick else 96
     data = write_dataset(tmp / "workers.parquet", n=n, seed=7)
+    runs = [("warm-up", 1, ()), ("one", 1, ()), ("two", 2, ())]
+    if ray:
+        runs.append(("ray", 2, ("--executor", "ray")))
     seconds, stages, outputs = {}, {}, {}
-    for label, workers in (("warm-up", 1), ("one", 1), ("two", 2)):
+    for label, workers, extra in runs:
         work = tmp / f"workers-{label}"
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # one torch thread, in this process or each worker
         t0 = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "dpo_engine", "run", "--dataset", str(data), "--work-dir",
                               str(work), "--instruct-model", model_path, "--reward-model", model_path,
                               "--sample-k", "10", "--max-new-tokens", "32", "--batch-size", "4",
-                              "--workers", str(workers), "--json"],
+                              "--workers", str(workers), "--device", "cpu", *extra, "--json"],
                              check=True, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                              text=True).stdout
         seconds[label] = time.perf_counter() - t0
         stages[label] = sum(s["seconds"] for s in json.loads(out.splitlines()[-1])["stages"])
         outputs[label] = (work / "dataset" / "dpo_dataset.parquet").read_bytes()
     same = outputs["one"] == outputs["two"]
-    log(f"workers: 1 x 1 thread {seconds['one']:.2f}s ({stages['one']:.2f}s in stages), 2 x 1 thread "
-        f"{seconds['two']:.2f}s ({stages['two']:.2f}s in stages), same bytes: {same}")
-    return {"workers_2_speedup": round(seconds["one"] / seconds["two"], 3),
-            "workers_2_stage_speedup": round(stages["one"] / stages["two"], 3), "workers_2_same_output": same}
+    log(f"workers ({n} records): 1 x 1 thread {seconds['one']:.2f}s ({stages['one']:.2f}s in stages), "
+        f"2 x 1 thread {seconds['two']:.2f}s ({stages['two']:.2f}s in stages), same bytes: {same}")
+    figures = {"workers_2_speedup": round(seconds["one"] / seconds["two"], 3),
+               "workers_2_stage_speedup": round(stages["one"] / stages["two"], 3), "workers_2_same_output": same}
+    if ray:
+        log(f"ray: 2 actors {seconds['ray']:.2f}s ({stages['ray']:.2f}s in stages), "
+            f"same bytes: {outputs['ray'] == outputs['one']}")
+        figures.update({"ray_overhead_share": round(seconds["ray"] / seconds["two"] - 1, 3),
+                        "ray_stage_overhead_share": round(stages["ray"] / stages["two"] - 1, 3),
+                        "ray_same_output": outputs["ray"] == outputs["one"]})
+    return figures
+
+
+def lease_figure(tmp: Path, model_path: str, lease: float = 2.0) -> dict:
+    """Seconds from a joined process's death until the run has taken back every record it held:
+    killed (kill -9: its pid is gone, seen at the run's next claim) and frozen (SIGSTOP: alive but
+    silent, so only its leases' expiry frees them), with a 2-second lease."""
+    import signal
+
+    from dpo_engine.demo.world import write_dataset
+
+    data = write_dataset(tmp / "lease.parquet", n=96, seed=9)
+    figures = {}
+    for how in ("killed", "frozen"):
+        work = tmp / f"lease-{how}"
+        args = [sys.executable, "-m", "dpo_engine", "run", "--dataset", str(data), "--work-dir", str(work),
+                "--instruct-model", model_path, "--reward-model", model_path, "--sample-k", "4",
+                "--max-new-tokens", "32", "--batch-size", "2", "--device", "cpu", "--lease-seconds", str(lease)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "cwd": REPO, "env": env}
+        run = subprocess.Popen(args, **quiet)
+        joiner = None
+        try:
+            db = work / "engine.db"
+            held = lambda pid: _held_by(db, pid)  # noqa: E731
+            while not db.exists() or _done(db) < 1:
+                time.sleep(0.05)
+            joiner = subprocess.Popen([*args, "--join"], **quiet)
+            while held(joiner.pid) == 0:
+                assert joiner.poll() is None and run.poll() is None, "the runs ended before the figure"
+                time.sleep(0.01)
+            joiner.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            t0 = time.perf_counter()
+            while held(joiner.pid):
+                time.sleep(0.01)
+            figures[f"lease_reclaim_{how}_seconds"] = round(time.perf_counter() - t0, 3)
+            assert run.wait(timeout=600) == 0
+        finally:
+            for proc in (run, joiner):
+                if proc is not None and proc.poll() is None:
+                    proc.kill()
+    log(f"lease {lease}s: records of a killed joiner back after {figures['lease_reclaim_killed_seconds']}s, "
+        f"of a frozen one after {figures['lease_reclaim_frozen_seconds']}s")
+    figures["lease_reclaim_seconds"] = figures["lease_reclaim_killed_seconds"]
+    figures["lease_seconds"] = lease
+    return figures
+
+
+def _held_by(db: Path, pid: int) -> int:
+    """Records held under a lease by the process ``pid`` (counting lapsed leases not yet cleared)."""
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT COUNT(*) FROM lease WHERE holder LIKE ?", (f"%@{pid}:%",)).fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        con.close()
+
+
+def _done(db: Path) -> int:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT COUNT(*) FROM stage_state WHERE status = 'done'").fetchone()[0]
+    except sqlite3.Error:
+        return 0
+    finally:
+        con.close()
 
 
 def overhead_figure(tmp: Path, model_path: str, quick: bool) -> dict:
@@ -361,7 +447,8 @@ def main() -> None:
     parser.add_argument("--skip-pairing", action="store_true", help="leave out the 1M-sample figures")
     parser.add_argument("--only-dnc", action="store_true", help="only the divide_and_conquer figures")
     parser.add_argument("--only-dashboard", action="store_true", help="only the dashboard figure")
-    parser.add_argument("--only-workers", action="store_true", help="only the worker-processes figure")
+    parser.add_argument("--only-workers", action="store_true",
+                        help="only the worker-processes, Ray and lease figures")
     args = parser.parse_args()
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
@@ -379,8 +466,9 @@ def main() -> None:
         if args.only_workers:
             from dpo_engine.models.tiny import build_tiny_llava
 
-            figures.update(workers_figure(tmp, str(build_tiny_llava(tmp / "small", seed=0, size="small")),
-                                          args.quick))
+            small = str(build_tiny_llava(tmp / "small", seed=0, size="small"))
+            figures.update(workers_figure(tmp, small, args.quick))
+            figures.update(lease_figure(tmp, small))
             print(json.dumps(figures))
             return
         if args.only_dnc:
@@ -395,6 +483,7 @@ def main() -> None:
         figures.update(overhead_figure(tmp, m["model_path"], args.quick))
         figures.update(dashboard_figure(tmp, m["model_path"], args.quick))
         figures.update(workers_figure(tmp, m["model_path"], args.quick))
+        figures.update(lease_figure(tmp, m["model_path"]))
         if not args.skip_pairing:
             figures.update(pairing_figures(tmp))
     print(json.dumps(figures))

@@ -9,6 +9,7 @@ the runner honours between batches.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +55,8 @@ class Dashboard(App):
         self.polls = 0
         self.first_snapshot = asyncio.Event()
         self._reader: Store | None = None
+        self._reader_lock = threading.Lock()
+        self._closed = False
 
     def compose(self) -> ComposeResult:
         yield RunHeader(id="header")
@@ -72,12 +75,17 @@ class Dashboard(App):
     # ------------------------------------------------------------------ polling
     @work(thread=True, exclusive=True, group="poll")
     def _poll(self) -> None:
-        try:
-            if self._reader is None:
-                self._reader = Store(self.db_path, create=False)
-            self.post_message(SnapshotReady(take_snapshot(self._reader, self.clock())))
-        except Exception as exc:  # noqa: BLE001 - a failed poll is shown, and the next one tried
-            self.post_message(PollFailed(f"{type(exc).__name__}: {exc}"))
+        with self._reader_lock:  # the connection is closed on unmount, never while a poll reads it
+            if self._closed:
+                return
+            try:
+                if self._reader is None:
+                    self._reader = Store(self.db_path, create=False)
+                snap = take_snapshot(self._reader, self.clock())
+            except Exception as exc:  # noqa: BLE001 - a failed poll is shown, and the next one tried
+                self.post_message(PollFailed(f"{type(exc).__name__}: {exc}"))
+                return
+        self.post_message(SnapshotReady(snap))
 
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         snap = self.snapshot = message.snapshot
@@ -96,8 +104,11 @@ class Dashboard(App):
         self.set_timer(max(self.interval, 1.0), self._poll)
 
     def on_unmount(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
+        with self._reader_lock:
+            self._closed = True
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # ------------------------------------------------------------------ keys
     def _request(self, action: str) -> None:

@@ -264,28 +264,41 @@ def lease_figure(tmp: Path, model_path: str, lease: float = 2.0) -> dict:
         joiner = None
         try:
             db = work / "engine.db"
-            held = lambda pid: _held_by(db, pid)  # noqa: E731
-            while not db.exists() or _done(db) < 1:
-                time.sleep(0.05)
+            _wait(lambda: db.exists() and _done(db) >= 1, "the run's first finished record", run)
             joiner = subprocess.Popen([*args, "--join"], **quiet)
-            while held(joiner.pid) == 0:
-                assert joiner.poll() is None and run.poll() is None, "the runs ended before the figure"
-                time.sleep(0.01)
-            joiner.send_signal(signal.SIGKILL if how == "killed" else signal.SIGSTOP)
+            while True:  # freeze the joiner while it holds leases (it may commit between a look and a signal)
+                _wait(lambda: _held_by(db, joiner.pid) > 0, "a lease held by the joiner", run, joiner)
+                joiner.send_signal(signal.SIGSTOP)
+                if _held_by(db, joiner.pid) > 0:
+                    break
+                joiner.send_signal(signal.SIGCONT)
+            if how == "killed":
+                joiner.send_signal(signal.SIGKILL)
             t0 = time.perf_counter()
-            while held(joiner.pid):
-                time.sleep(0.01)
+            _wait(lambda: _held_by(db, joiner.pid) == 0, "the joiner's leases taken back", run)
             figures[f"lease_reclaim_{how}_seconds"] = round(time.perf_counter() - t0, 3)
-            assert run.wait(timeout=600) == 0
+            assert run.wait(timeout=600) == 0, "the run failed after taking back the joiner's records"
         finally:
             for proc in (run, joiner):
                 if proc is not None and proc.poll() is None:
                     proc.kill()
+                    proc.wait()
     log(f"lease {lease}s: records of a killed joiner back after {figures['lease_reclaim_killed_seconds']}s, "
         f"of a frozen one after {figures['lease_reclaim_frozen_seconds']}s")
     figures["lease_reclaim_seconds"] = figures["lease_reclaim_killed_seconds"]
     figures["lease_seconds"] = lease
     return figures
+
+
+def _wait(ready, what: str, *procs: subprocess.Popen, limit: float = 300.0) -> None:
+    """Poll ``ready()`` until it holds; fail (never hang) if a process ends first or ``limit`` passes."""
+    deadline = time.monotonic() + limit
+    while not ready():
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a process ended before {what}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {what} after {limit:.0f}s")
+        time.sleep(0.01)
 
 
 def _held_by(db: Path, pid: int) -> int:

@@ -49,6 +49,12 @@ class RunConfig:
     device: str = "auto"
     dtype: str = "auto"  # resolved (e.g. "float32") by the engine before the run starts
     backend: str = "hf"  # which model backend opens the checkpoints (dpo_engine.models)
+    # logps_instruct and logps_reward run on one backend, never one each ("auto": hf, faster
+    # at scoring since it encodes image + question once per record, see the README)
+    score_backend: str = "auto"
+    gpu_memory_utilization: float | None = None  # vllm: None picks the backend's default
+    max_model_len: int | None = None  # vllm: None uses the checkpoint's context length
+    tensor_parallel_size: int = 1  # vllm: GPUs per engine
     workers: int = 1  # worker processes on ``device`` (1: batches run in this process)
     devices: tuple[str, ...] = ()  # one worker process per device, instead of ``workers``
     executor: str = "local"  # "local" (this process or worker processes) or "ray" (actors)
@@ -60,6 +66,20 @@ class RunConfig:
     def model_path(self, role: str) -> str | None:
         """The checkpoint configured for a model role, or None."""
         return self.models.get(role) or None
+
+    def backend_for(self, use: str) -> str:
+        """The backend a model stage runs on: ``use`` "score" (the log-prob stages) follows
+        ``score_backend``; everything else follows ``backend``."""
+        if use == "score" and self.score_backend != "auto":
+            return self.score_backend
+        return "hf" if use == "score" else self.backend
+
+    def backend_options(self, backend: str) -> dict:
+        """What a backend's engine is built with, beyond device and dtype."""
+        if backend != "vllm":
+            return {}
+        return {"gpu_memory_utilization": self.gpu_memory_utilization, "max_model_len": self.max_model_len,
+                "tensor_parallel_size": self.tensor_parallel_size}
 
     def model_id(self, role: str) -> str | None:
         """What identifies a role's model in the settings hashes: its fingerprint once the
@@ -78,6 +98,11 @@ class RunConfig:
             (self.workers >= 1, "--workers must be >= 1"),
             (self.lease_seconds > 0, "--lease-seconds must be > 0"),
             (self.executor in ("local", "ray"), "--executor must be local or ray"),
+            (self.backend in ("hf", "vllm"), "--backend must be hf or vllm"),
+            (self.score_backend in ("auto", "hf", "vllm"), "--score-backend must be auto, hf or vllm"),
+            (self.tensor_parallel_size >= 1, "--tensor-parallel-size must be >= 1"),
+            (self.gpu_memory_utilization is None or 0 < self.gpu_memory_utilization <= 1,
+             "--gpu-memory-utilization must be in (0, 1]"),
             (0 < self.jaccard_threshold <= 1, "the Jaccard threshold must be in (0, 1]"),
         ]
         for ok, message in checks:

@@ -131,7 +131,10 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
         if join:
             _check_joined(store, hashes)
         else:
-            store.save_run(pipeline.name, config.dataset, asdict(config), hashes, _versions())
+            backends = {s.name: config.backend_for(getattr(s, "model_use", "generate"))
+                        for s in pipeline.stages if s.model_role}
+            store.save_run(pipeline.name, config.dataset, {**asdict(config), "stage_backends": backends},
+                           hashes, _versions())
 
         started = time.perf_counter()
         if not join:  # the run's own heartbeat and device samples; a joiner beats in its worker rows
@@ -343,7 +346,8 @@ class DemoResult:
 
 
 def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int = 60, sample_k: int = 10,
-             max_new_tokens: int = 40, seed: int = 0, observer: Observer | None = None) -> DemoResult:
+             max_new_tokens: int = 40, seed: int = 0, backend: str = "hf", score_backend: str = "auto",
+             observer: Observer | None = None) -> DemoResult:
     """Train the ShapesWorld models (once per work dir), draw a dataset, run the pipeline on
     them and measure the pairs against the world's truth (``WORK_DIR/quality.json``)."""
     import itertools
@@ -367,7 +371,8 @@ def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int
         write_dataset(dataset, n=records, seed=seed, yes_no_share=0.0)
     config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work),
                        models={role: str(paths[role]) for role in roles},
-                       sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed)
+                       sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed, backend=backend,
+                       score_backend=score_backend)
     summary = run_pipeline(config, observer, pipeline=chosen)
     store = Store.in_work_dir(work, create=False)
     try:

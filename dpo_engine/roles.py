@@ -53,19 +53,24 @@ class RoleModels:
         self.config = config
         self.roles = {role.name: role for role in roles}
 
-    def key(self, role: str) -> tuple[str, str, str]:
-        """Equal keys mean the same loaded model can serve both roles."""
-        return (self.roles[role].kind, str(self.config.model_path(role)), self.config.backend)
+    def key(self, role: str, use: str = "generate") -> tuple[str, str, str]:
+        """Equal keys mean the same loaded model can serve both (role, use): ``use`` is what a
+        stage does with it ("generate" or "score"), which picks the backend."""
+        return (self.roles[role].kind, str(self.config.model_path(role)), self.config.backend_for(use))
 
-    def open(self, role: str) -> Any:
+    def open(self, role: str, use: str = "generate") -> Any:
         from .models import open_model
         from .models.family import ModelConfigError
 
-        kind, path, backend = self.key(role)
+        kind, path, backend = self.key(role, use)
         try:
-            return open_model(kind, path, device=self.config.device, dtype=self.config.dtype, backend=backend)
+            return open_model(kind, path, device=self.config.device, dtype=self.config.dtype, backend=backend,
+                              **self.config.backend_options(backend))
         except (ModelConfigError, ValueError) as exc:
             raise ModelError(f"{role} model: {exc}") from exc
+        except ImportError as exc:
+            raise ModelError(f"the {backend} backend is not installed here ({exc})",
+                             f"install the extra: pip install -e '.[{backend}]' (see the README)") from exc
         except OSError as exc:
             raise ModelError(f"cannot load the {role} model at {path} ({exc})",
                              "check that the folder holds a complete checkpoint") from exc

@@ -58,9 +58,28 @@ class TinySize:
 
 
 SIZES = {
-    "tiny": TinySize(64, 2, 4, 128, 32, 2, 32, 8),
-    "small": TinySize(320, 4, 8, 864, 128, 2, 64, 8),
+    # Text heads of 32 dimensions: vLLM's CPU attention accepts 32 or 64, not 16 or 40.
+    "tiny": TinySize(64, 2, 2, 128, 32, 2, 32, 8),
+    "small": TinySize(320, 4, 10, 864, 128, 2, 64, 8),
 }
+
+
+def save_hub_layout(model, out: str | Path) -> None:
+    """``save_pretrained``, then rename the vision tower's tensors to the layout published
+    llava-hf checkpoints use (``vision_tower.vision_model.*``): transformers reads both, vLLM
+    only that one. Other models are saved as they are."""
+    from safetensors.torch import load_file, save_file
+
+    model.save_pretrained(out)
+    path = Path(out) / "model.safetensors"
+    if getattr(model.config, "model_type", None) != "llava" or not path.is_file():
+        return
+    tensors = load_file(path)
+    if not any(k.startswith("vision_tower.embeddings.") for k in tensors):
+        return
+    renamed = {("vision_tower.vision_model." + k[len("vision_tower."):] if k.startswith("vision_tower.") else k): v
+               for k, v in tensors.items()}
+    save_file(renamed, path, metadata={"format": "pt"})
 
 
 def _template_words() -> list[str]:
@@ -166,7 +185,7 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.bos_token_id = tokenizer.bos_token_id
-    model.save_pretrained(out)
+    save_hub_layout(model, out)
 
     image_processor = CLIPImageProcessorPil(
         size={"shortest_edge": dims.image_size},

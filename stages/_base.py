@@ -7,10 +7,17 @@ class ModelStage:
     """A stage that runs a model: as many records per batch as ``--batch-size`` says."""
 
     model_role: str | None = None
+    model_use = "generate"  # or "score": which backend serves it (RunConfig.backend_for)
     scope = "record"
 
     def batch_size(self, config) -> int:
         return config.batch_size
+
+    def backend_settings(self, config) -> dict:
+        """The backend, in the settings hash when it is not the default: two backends draw and
+        round differently, so their results are not interchangeable."""
+        backend = config.backend_for(self.model_use)
+        return {} if backend == "hf" else {"backend": backend}
 
 
 class ModelFree:

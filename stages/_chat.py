@@ -37,6 +37,7 @@ class ChatStage(ModelStage):
             "prompt_words": config.prompt_words,
             "seed": config.seed,
             "dtype": config.dtype,
+            **self.backend_settings(config),
         }
 
     def _replies(self, model, config, jobs: list[tuple[int, int, str]]) -> list:

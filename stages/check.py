@@ -23,7 +23,7 @@ class CheckStage(ModelStage):
     model_role = "labeler"
 
     def settings(self, config) -> dict:
-        return {"model": config.model_id("labeler"), "dtype": config.dtype}
+        return {"model": config.model_id("labeler"), "dtype": config.dtype, **self.backend_settings(config)}
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()

@@ -22,8 +22,10 @@ class LogpsStage(ModelStage):
         self.model_role = role
         self.writes = (f"logprob:{role}",)
 
+    model_use = "score"
+
     def settings(self, config) -> dict:
-        return {"model": config.model_id(self.role), "dtype": config.dtype}
+        return {"model": config.model_id(self.role), "dtype": config.dtype, **self.backend_settings(config)}
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()

@@ -24,6 +24,7 @@ class SampleStage(ModelStage):
             "max_new_tokens": config.max_new_tokens,
             "seed": config.seed,
             "dtype": config.dtype,
+            **self.backend_settings(config),
         }
 
     def process(self, batch: Batch, model, config) -> Outputs:

@@ -33,6 +33,10 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 DATASET_HELP = ("Input dataset: a .parquet (idx, question, image{bytes,path}) or .jsonl (question, "
                 "image as base64 or image_path) file, or a folder of such shards.")
+BACKEND_HELP = ("Model backend: hf (transformers, the default) or vllm (pip extra 'vllm'; "
+                "sampling, checks and the text roles on vLLM engines).")
+SCORE_BACKEND_HELP = ("Backend of both log-prob stages (one backend for both, so the implicit reward "
+                      "never mixes engines): auto (hf, the faster scorer), hf or vllm.")
 
 
 # Every command takes --debug; it is read by ``handle_errors``.
@@ -126,6 +130,15 @@ def run(
                                        "before another takes them over (a dead process here is seen at once)."),
     dtype: str = typer.Option("auto", "--dtype",
                               help="auto (bfloat16 on CUDA, float32 on CPU), float32, bfloat16 or float16."),
+    backend: str = typer.Option("hf", "--backend", help=BACKEND_HELP),
+    score_backend: str = typer.Option("auto", "--score-backend", help=SCORE_BACKEND_HELP),
+    gpu_memory_utilization: Optional[float] = typer.Option(
+        None, "--gpu-memory-utilization", help="vllm: share of GPU memory an engine may take (default 0.85; on a "
+        "CPU build, the share of RAM for its KV cache, default 0.05)."),
+    max_model_len: Optional[int] = typer.Option(None, "--max-model-len",
+                                                help="vllm: longest prompt + answer (default: the model's)."),
+    tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size",
+                                             help="vllm: GPUs per engine, for models one GPU cannot hold."),
     restart: bool = typer.Option(False, "--restart",
                                  help="Discard this work dir's store and start over."),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
@@ -168,6 +181,8 @@ def run(
         batch_size=batch_size, device=device, dtype=dtype, workers=workers,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
         executor=executor, ray_address=ray_address, lease_seconds=lease_seconds,
+        backend=backend, score_backend=score_backend, gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
     )
     if join and restart:
         raise ConfigError("--join and --restart do not go together", "--join works on the live run as it is")
@@ -322,6 +337,8 @@ def demo(
     sample_k: int = typer.Option(10, "--sample-k", help="Answers sampled per question."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Longest sampled answer."),
     seed: int = typer.Option(0, "--seed", help="Seeds the world, the training and the run."),
+    backend: str = typer.Option("hf", "--backend", help=BACKEND_HELP),
+    score_backend: str = typer.Option("auto", "--score-backend", help=SCORE_BACKEND_HELP),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
     debug: Debug = False,
 ):
@@ -336,7 +353,8 @@ def demo(
     console = err_console if json_out else Console(soft_wrap=True)
     with RichObserver(console) as observer:
         result = engine.run_demo(work_dir, pipeline=pipeline, records=records, sample_k=sample_k,
-                                 max_new_tokens=max_new_tokens, seed=seed, observer=observer)
+                                 max_new_tokens=max_new_tokens, seed=seed, backend=backend,
+                                 score_backend=score_backend, observer=observer)
     print_summary(console, result.summary)
     print_quality(console, result.quality, result.examples)
     console.print(f"models:  {result.models_dir}/{{{','.join(result.roles)}}}\ndataset: {result.dataset}\n"

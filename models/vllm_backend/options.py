@@ -36,6 +36,12 @@ def build_engine(path: str | Path, *, device: str, dtype: str, options: VllmOpti
     """
     if device.startswith("cuda:") and options.tensor_parallel_size == 1:
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", device.split(":", 1)[1])
+    import multiprocessing
+
+    if multiprocessing.current_process().daemon:
+        # A worker process (--workers/--devices) may not start children: run the engine core
+        # inside it instead of in a process of its own.
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
     from vllm import LLM
 
     cpu = on_cpu()

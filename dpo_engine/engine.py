@@ -275,6 +275,21 @@ def run_stages(config: RunConfig, observer: Observer | None = None, *, pipeline:
         store.close()
 
 
+def convert_checkpoint(src: str | Path, dst: str | Path, vision_tower: str | Path | None = None,
+                       log=None) -> Path:
+    """Write an HF-native llava checkpoint for an original-layout one (``models.llava_original``)."""
+    from .models.llava_original import ConvertError, convert
+
+    if not (Path(src) / "config.json").is_file():
+        raise ModelError(f"{src} has no config.json", "pass the folder of the original-layout checkpoint")
+    if Path(dst).exists() and any(Path(dst).iterdir()):
+        raise ConfigError(f"{dst} exists and is not empty", "pass a new folder")
+    try:
+        return convert(src, dst, vision_tower=vision_tower, log=log or (lambda line: None))
+    except ConvertError as exc:
+        raise ModelError(str(exc)) from exc
+
+
 def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> ExportReport:
     """Write a run's kept pairs in one export format (with its pipeline's extra columns).
 

@@ -44,6 +44,13 @@ def detect_family(path: str | Path) -> Family:
         cfg = json.loads(cfg_path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ModelConfigError(f"{cfg_path}: cannot be read as JSON ({exc})") from exc
+    from .llava_original import convert_command, is_original_llava
+
+    if is_original_llava(cfg):
+        raise ModelConfigError(
+            f"{path} is a LLaVA checkpoint in the original (liuhaotian) layout, which transformers "
+            f"cannot load; convert it once: {convert_command(path, cfg)}"
+        )
     model_type = cfg.get("model_type")
     if not model_type:
         raise ModelConfigError(f"{cfg_path}: has no model_type; is this a transformers checkpoint?")
@@ -52,6 +59,11 @@ def detect_family(path: str | Path) -> Family:
         return Family(model_type, archs, "image-text-to-text")
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         return Family(model_type, archs, "causal-lm")
+    if cfg.get("auto_map"):
+        raise ModelConfigError(
+            f"{path}: model_type {model_type!r} is served by code shipped with the checkpoint (auto_map in "
+            "config.json), which dpo-engine does not run; use an HF-native checkpoint of the model"
+        )
     raise ModelConfigError(
         f"{path}: model_type {model_type!r} is neither an image-text-to-text nor a causal LM "
         "family known to this transformers version; convert the checkpoint to the HF-native "

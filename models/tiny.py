@@ -148,7 +148,7 @@ def build_tiny_llava(out_dir: str | Path, *, seed: int = 0, size: str = "tiny",
         hidden_size=dims.vision_hidden,
         intermediate_size=dims.vision_hidden * 2,
         num_hidden_layers=dims.vision_layers,
-        num_attention_heads=max(1, dims.vision_hidden // 16),
+        num_attention_heads=max(1, dims.vision_hidden // 64),  # 64-wide heads, as every CLIP tower
         image_size=dims.image_size,
         patch_size=dims.patch_size,
         projection_dim=dims.vision_hidden,

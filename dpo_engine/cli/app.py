@@ -312,6 +312,25 @@ def export(
     console.print(f"wrote {report.pairs} pairs ({fmt}, settings {report.settings_hash}) to [bold]{escape(str(report.path))}[/]")
 
 
+# ---------------------------------------------------------------------------------- convert
+@app.command()
+@handle_errors
+def convert(
+    src: Path = typer.Argument(..., help="An original-layout LLaVA checkpoint (liuhaotian/llava-v1.5-7b, "
+                               "openbmb/RLAIF-V-7B): config.json with mm_vision_tower."),
+    dst: Path = typer.Argument(..., help="Where to write the HF-native llava checkpoint."),
+    vision_tower: Optional[Path] = typer.Option(
+        None, "--vision-tower", help="A local CLIP checkpoint folder (e.g. openai/clip-vit-large-patch14-336), "
+        "needed when SRC holds no vision tower weights."),
+    debug: Debug = False,
+):
+    """Convert an original-layout LLaVA checkpoint to the HF-native layout every backend loads,
+    with a processor (square padding when the checkpoint pads) and the reference's llava_v1 prompt."""
+    console = Console(highlight=False, soft_wrap=True)
+    path = engine.convert_checkpoint(src, dst, vision_tower, log=lambda line: console.print(line, markup=False))
+    console.print(f"next: dpo-engine run --instruct-model {path} ... (or --reward-model {path})", markup=False)
+
+
 # ---------------------------------------------------------------------------------- validate
 @app.command()
 @handle_errors

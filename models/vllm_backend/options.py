@@ -38,6 +38,8 @@ def build_engine(path: str | Path, *, device: str, dtype: str, options: VllmOpti
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", device.split(":", 1)[1])
     import multiprocessing
 
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # the CLI shows its own progress
+
     if multiprocessing.current_process().daemon:
         # A worker process (--workers/--devices) may not start children: run the engine core
         # inside it instead of in a process of its own.

@@ -55,6 +55,7 @@ class RunConfig:
     gpu_memory_utilization: float | None = None  # vllm: None picks the backend's default
     max_model_len: int | None = None  # vllm: None uses the checkpoint's context length
     tensor_parallel_size: int = 1  # vllm: GPUs per engine
+    trust_remote_code: bool = False  # run code shipped with a checkpoint (auto_map in config.json)
     workers: int = 1  # worker processes on ``device`` (1: batches run in this process)
     devices: tuple[str, ...] = ()  # one worker process per device, instead of ``workers``
     executor: str = "local"  # "local" (this process or worker processes) or "ray" (actors)
@@ -76,10 +77,11 @@ class RunConfig:
 
     def backend_options(self, backend: str) -> dict:
         """What a backend's engine is built with, beyond device and dtype."""
-        if backend != "vllm":
-            return {}
-        return {"gpu_memory_utilization": self.gpu_memory_utilization, "max_model_len": self.max_model_len,
-                "tensor_parallel_size": self.tensor_parallel_size}
+        options: dict = {"trust_remote_code": True} if self.trust_remote_code else {}
+        if backend == "vllm":
+            options.update(gpu_memory_utilization=self.gpu_memory_utilization, max_model_len=self.max_model_len,
+                           tensor_parallel_size=self.tensor_parallel_size)
+        return options
 
     def model_id(self, role: str) -> str | None:
         """What identifies a role's model in the settings hashes: its fingerprint once the

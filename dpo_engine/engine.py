@@ -114,7 +114,7 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
     source = open_dataset(config.dataset)  # unreadable data fails here, before any model loads
     paths = pipeline.model_paths(config)
     for role in pipeline.roles:
-        check_model_folder(paths[role.name], role)
+        check_model_folder(paths[role.name], role, config.trust_remote_code)
     work = Path(config.work_dir)
     store = _join(work) if join else _claim(work, paths, restart=restart)
     monitor = None

@@ -34,14 +34,14 @@ SPLIT = Role("split", "chat", "--split-model")
 QUESTION = Role("question", "chat", "--question-model")
 
 
-def check_model_folder(path: str, role: Role) -> None:
+def check_model_folder(path: str, role: Role, trust_remote_code: bool = False) -> None:
     """Fail early, before anything loads, on a folder that is not a checkpoint we can open."""
     from .models.family import ModelConfigError, detect_family
 
     if not Path(path).is_dir():
         raise ModelError(f"{role.name} model {path} is not a folder", "pass a local checkpoint folder")
     try:
-        detect_family(path)
+        detect_family(path, trust_remote_code=trust_remote_code)
     except ModelConfigError as exc:
         raise ModelError(f"{role.name} model: {exc}") from exc
 

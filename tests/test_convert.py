@@ -163,4 +163,35 @@ def test_a_remote_code_checkpoint_is_refused_in_one_line(tmp_path, demo_parquet)
     proc = cli("run", "--dataset", demo_parquet, "--work-dir", tmp_path / "w", "--instruct-model", model,
                "--reward-model", model, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "code shipped with the checkpoint" in proc.stderr + proc.stdout
+    message = proc.stderr + proc.stdout
+    assert "code shipped with the checkpoint" in message and "--trust-remote-code" in message
+    proc = cli("run", "--dataset", demo_parquet, "--work-dir", tmp_path / "w", "--instruct-model", model,
+               "--reward-model", model, "--trust-remote-code", check=False)
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert "modeling_minicpmv.py" in proc.stderr + proc.stdout  # the code is not in the folder
+
+
+def test_trust_remote_code_runs_a_checkpoints_own_code(tmp_path):
+    """A chat model whose class lives in the checkpoint folder (a Llama under another name)."""
+    from dpo_engine.models import open_model
+    from dpo_engine.models.tiny import build_tiny_chat
+
+    path = build_tiny_chat(tmp_path / "remote", seed=2, size="tiny")
+    (path / "configuration_tiny_remote.py").write_text(
+        "from transformers import LlamaConfig\n\n\nclass TinyRemoteConfig(LlamaConfig):\n"
+        "    model_type = 'tiny_remote'\n")
+    (path / "modeling_tiny_remote.py").write_text(
+        "from transformers import LlamaForCausalLM\n\nfrom .configuration_tiny_remote import TinyRemoteConfig\n\n\n"
+        "class TinyRemoteForCausalLM(LlamaForCausalLM):\n    config_class = TinyRemoteConfig\n")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg.update(model_type="tiny_remote", architectures=["TinyRemoteForCausalLM"],
+               auto_map={"AutoConfig": "configuration_tiny_remote.TinyRemoteConfig",
+                         "AutoModelForCausalLM": "modeling_tiny_remote.TinyRemoteForCausalLM"})
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="--trust-remote-code"):
+        open_model("chat", path, device="cpu", dtype="float32")
+    model = open_model("chat", path, device="cpu", dtype="float32", trust_remote_code=True)
+    assert type(model.model).__name__ == "TinyRemoteForCausalLM"
+    (reply,) = model.chat(["is there a red circle ?"], keys=[(0,)], max_new_tokens=6, temperature=0.7, top_p=1.0,
+                          seed=0)
+    assert reply.n_tokens >= 1

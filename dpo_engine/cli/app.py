@@ -139,6 +139,9 @@ def run(
                                                 help="vllm: longest prompt + answer (default: the model's)."),
     tensor_parallel_size: int = typer.Option(1, "--tensor-parallel-size",
                                              help="vllm: GPUs per engine, for models one GPU cannot hold."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Run the model code a checkpoint ships (auto_map in its config.json); "
+                                           "off by default, since that code runs with your rights."),
     restart: bool = typer.Option(False, "--restart",
                                  help="Discard this work dir's store and start over."),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
@@ -183,6 +186,7 @@ def run(
         executor=executor, ray_address=ray_address, lease_seconds=lease_seconds,
         backend=backend, score_backend=score_backend, gpu_memory_utilization=gpu_memory_utilization,
         max_model_len=max_model_len, tensor_parallel_size=tensor_parallel_size,
+        trust_remote_code=trust_remote_code,
     )
     if join and restart:
         raise ConfigError("--join and --restart do not go together", "--join works on the live run as it is")

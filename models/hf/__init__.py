@@ -14,18 +14,18 @@ if TYPE_CHECKING:
     from .vlm import ImageTextModel
 
 
-def open_image_text(path: str | Path, *, device: str, dtype: str) -> ImageTextModel:
+def open_image_text(path: str | Path, *, device: str, dtype: str, trust_remote_code: bool = False) -> ImageTextModel:
     """An ``AutoModelForImageTextToText`` checkpoint (``VisionLanguageModel``)."""
     from .vlm import ImageTextModel
 
-    return ImageTextModel(path, device=device, dtype=dtype)
+    return ImageTextModel(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
-def open_chat(path: str | Path, *, device: str, dtype: str) -> TextChatModel:
+def open_chat(path: str | Path, *, device: str, dtype: str, trust_remote_code: bool = False) -> TextChatModel:
     """An ``AutoModelForCausalLM`` checkpoint with a chat template (``ChatModel``)."""
     from .chat import TextChatModel
 
-    return TextChatModel(path, device=device, dtype=dtype)
+    return TextChatModel(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code)
 
 
 def vocabulary_fingerprint(path: str | Path) -> str:

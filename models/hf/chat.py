@@ -22,24 +22,26 @@ from ..sampling import SeededSampler, row_uniforms
 
 
 class TextChatModel:
-    def __init__(self, path: str | Path, *, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, path: str | Path, *, device: str = "auto", dtype: str = "auto",
+                 trust_remote_code: bool = False):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         quiet_transformers()
         self.path = Path(path)
-        self.family = detect_family(path)
+        self.family = detect_family(path, trust_remote_code=trust_remote_code)
+        remote = self.family.remote_code
         if self.family.kind != "causal-lm":
             raise ValueError(f"{path} is a {self.family.model_type} {self.family.kind} model; "
                              "this role needs a text-only causal LM")
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=remote)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         if not self.tokenizer.chat_template:
             raise ValueError(f"{path}: the tokenizer has no chat template; this role needs a chat model")
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, trust_remote_code=remote)
         self.model.to(self.device).eval()
         self.stop_ids = self._stop_ids()
         self.model_seconds = 0.0

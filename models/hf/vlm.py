@@ -34,12 +34,14 @@ from ..vocab import yes_no_token_ids
 class ImageTextModel:
     """An image-text-to-text checkpoint ready to sample answers and score them."""
 
-    def __init__(self, path: str | Path, *, device: str = "auto", dtype: str = "auto"):
+    def __init__(self, path: str | Path, *, device: str = "auto", dtype: str = "auto",
+                 trust_remote_code: bool = False):
         from transformers import AutoModelForImageTextToText, AutoProcessor
 
         quiet_transformers()
         self.path = Path(path)
-        self.family: Family = detect_family(path)
+        self.family: Family = detect_family(path, trust_remote_code=trust_remote_code)
+        remote = self.family.remote_code
         if self.family.kind != "image-text-to-text":
             raise ValueError(
                 f"{path} is a {self.family.model_type} text-only model; this role needs an "
@@ -47,12 +49,12 @@ class ImageTextModel:
             )
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype)
+        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, trust_remote_code=remote)
         self.model.to(self.device).eval()
         self.eos_id = int(self.tokenizer.eos_token_id)
         self.model_seconds = 0.0  # wall time spent inside model calls (for overhead figures)

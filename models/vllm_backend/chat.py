@@ -24,7 +24,7 @@ class VllmChatModel:
 
         quiet_transformers()
         self.path = Path(path)
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=options.trust_remote_code)
         if not self.tokenizer.chat_template:
             raise ValueError(f"{path}: the tokenizer has no chat template; this role needs a chat model")
         self.stop_ids = self._stop_ids()

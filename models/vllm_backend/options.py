@@ -18,6 +18,7 @@ class VllmOptions:
     gpu_memory_utilization: float | None = None  # None: 0.85 on a GPU, a 512 MiB KV cache on a CPU
     max_model_len: int | None = None  # None: the checkpoint's own context length
     tensor_parallel_size: int = 1
+    trust_remote_code: bool = False  # run code shipped with the checkpoint (auto_map)
 
 
 def on_cpu() -> bool:
@@ -59,7 +60,7 @@ def build_engine(path: str | Path, *, device: str, dtype: str, options: VllmOpti
         extra["gpu_memory_utilization"] = GPU_MEMORY_SHARE
     return LLM(
         model=str(path), tokenizer=str(path), dtype=dtype, seed=0, max_model_len=options.max_model_len,
-        tensor_parallel_size=options.tensor_parallel_size,
+        tensor_parallel_size=options.tensor_parallel_size, trust_remote_code=options.trust_remote_code,
         enable_prefix_caching=True, logprobs_mode="raw_logprobs",
         enforce_eager=cpu,  # graph capture and compilation cost minutes on a CPU and pay back little
         # A prompt split over steps rewinds its request's seeded generator, which a CPU generator

@@ -29,7 +29,7 @@ class VllmImageTextModel:
 
         quiet_transformers()
         self.path = Path(path)
-        self.processor = AutoProcessor.from_pretrained(path)
+        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code)
         self.tokenizer = self.processor.tokenizer
         self.eos_id = int(self.tokenizer.eos_token_id)
         self.engine = build_engine(path, device=device, dtype=dtype, options=options, images=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from PIL import Image
 
 pytest.importorskip("vllm")
 
-from conftest import REPO, cli, run_args  # noqa: E402
+from conftest import REPO, cli, run_args, shapes_rows, write_parquet  # noqa: E402
 from test_resume import done_count  # noqa: E402
 
 from dpo_engine.demo import world  # noqa: E402
@@ -66,10 +67,11 @@ def test_vllm_answers_are_seeded_per_record_and_answer(both):
     assert all(g.n_tokens >= 1 for gens in together for g in gens)
 
 
-def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, demo_parquet, tmp_path):
+def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tmp_path):
+    data = write_parquet(tmp_path / "d.parquet", shapes_rows(8))
     extra = ("--backend", "vllm", "--batch-size", "1", "--max-new-tokens", "32", "--device", "cpu")
-    cli(*run_args(tiny_models, demo_parquet, tmp_path / "A", *extra))
-    args = run_args(tiny_models, demo_parquet, tmp_path / "B", *extra)
+    cli(*run_args(tiny_models, data, tmp_path / "A", *extra))
+    args = run_args(tiny_models, data, tmp_path / "B", *extra)
     db = tmp_path / "B" / "engine.db"
     proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *args], cwd=REPO, start_new_session=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
@@ -85,10 +87,10 @@ def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, de
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     killed_at = done_count(db, "sample")
-    assert 2 <= killed_at < 12
+    assert 2 <= killed_at < 8
     out = json.loads(cli(*args, "--json").stdout.splitlines()[-1])
     stages = {s["name"]: s for s in out["stages"]}
-    assert stages["sample"]["reused"] == killed_at and stages["sample"]["computed"] == 12 - killed_at
+    assert stages["sample"]["reused"] == killed_at and stages["sample"]["computed"] == 8 - killed_at
     assert (tmp_path / "A/dataset/dpo_dataset.parquet").read_bytes() == \
         (tmp_path / "B/dataset/dpo_dataset.parquet").read_bytes()
     status = json.loads(cli("status", tmp_path / "B", "--json").stdout)
@@ -97,11 +99,26 @@ def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, de
     assert backends["pair"] is None
 
 
-@pytest.mark.timeout(1200)
-@pytest.mark.parametrize("pipeline", ["dpo_reward", "divide_and_conquer"])
-def test_the_demo_on_vllm_reaches_the_quality_bar(pipeline, tmp_path):
-    out = json.loads(cli("demo", tmp_path / pipeline, "--pipeline", pipeline, "--backend", "vllm",
-                         "--json").stdout.splitlines()[-1])
-    quality = out["quality"]
+@pytest.fixture(scope="module")
+def vllm_demo_dpo(tmp_path_factory):
+    work = tmp_path_factory.mktemp("vllm-demo") / "dpo_reward"
+    return work, json.loads(cli("demo", work, "--backend", "vllm", "--json").stdout.splitlines()[-1])
+
+
+def _reaches_the_bar(quality: dict) -> None:
     assert quality["pairs"] >= 20
     assert quality["pair_accuracy"] >= 0.9
+
+
+@pytest.mark.timeout(1200)
+def test_the_dpo_reward_demo_on_vllm_reaches_the_quality_bar(vllm_demo_dpo):
+    _reaches_the_bar(vllm_demo_dpo[1]["quality"])
+
+
+@pytest.mark.timeout(1200)
+def test_the_divide_and_conquer_demo_on_vllm_reaches_the_quality_bar(vllm_demo_dpo, tmp_path):
+    work = tmp_path / "divide_and_conquer"
+    shutil.copytree(vllm_demo_dpo[0] / "models" / "instruct", work / "models" / "instruct")  # trained once
+    out = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--backend", "vllm",
+                         "--json").stdout.splitlines()[-1])
+    _reaches_the_bar(out["quality"])

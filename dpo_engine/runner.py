@@ -39,13 +39,14 @@ class StageReport:
     model_seconds: float = 0.0
     errors: tuple[str, ...] = ()
     lost: int = 0  # records whose lease another process took over before we committed
+    split_batches: int = 0  # batches that failed whole and ran record by record
 
 
 def _merged(first: StageReport, again: StageReport) -> StageReport:
     return StageReport(first.name, first.computed + again.computed, first.reused, again.failed,
                        first.tokens + again.tokens, first.seconds + again.seconds,
                        first.model_seconds + again.model_seconds, first.errors + again.errors,
-                       first.lost + again.lost)
+                       first.lost + again.lost, first.split_batches + again.split_batches)
 
 
 class Runner:
@@ -164,6 +165,10 @@ class Runner:
                 report.tokens += outputs.tokens
                 report.model_seconds += result.model_seconds
                 errors.extend(f"record {rid}: {err}" for rid, err in outputs.failed.items())
+                if outputs.split:
+                    if not report.split_batches:  # said once per stage; the count is in the report
+                        self.observer.note(f"{stage.name}: {outputs.split}", "warning")
+                    report.split_batches += 1
                 self.observer.batch_done(stage.name, len(rids), outputs.tokens, failed)
             # What is left is held by other processes on this work dir: wait until they commit
             # it, or until their leases lapse and it can be taken here.

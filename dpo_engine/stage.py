@@ -140,6 +140,7 @@ class Outputs:
     notes: list[NoteRow] = field(default_factory=list)
     failed: dict[int, str] = field(default_factory=dict)
     tokens: int = 0  # tokens generated or scored, for throughput
+    split: str = ""  # why the batch ran record by record, when it failed whole (process_contained)
 
     ROWS = ("samples", "logprobs", "rewards", "pairs", "facts", "questions", "judgments", "scores", "notes")
 
@@ -148,6 +149,7 @@ class Outputs:
             getattr(self, name).extend(getattr(other, name))
         self.failed.update(other.failed)
         self.tokens += other.tokens
+        self.split = self.split or other.split
 
 
 class Stage(Protocol):

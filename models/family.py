@@ -5,11 +5,32 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 # Families whose rotary positions depend on the image grid (M-RoPE): sharing a prompt's KV
 # cache would need their custom position ids, so they sample with num_return_sequences and
 # score full sequences instead.
 MROPE_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"}
+
+
+_MROPE = "its M-RoPE positions depend on the image grid"
+# Families that cannot take a fast path for one kind of work, and why. The fast paths: sampling
+# copies the prompt's KV cache k times; scoring and yes/no checks run answers or questions
+# against the cached image + prompt prefix. Everything else takes the plain path: whole
+# sequences, the image encoded with each (the reference's way).
+SLOW_PATHS: dict[str, dict[str, str]] = {
+    "sample": {**dict.fromkeys(MROPE_FAMILIES, _MROPE),
+               "mllama": "its cross-attention image keys do not fit a copied static cache",
+               "paligemma": "its prompt is one bidirectional block, which a cached prefix would cut"},
+    "score": {**dict.fromkeys(MROPE_FAMILIES, _MROPE),
+              "mllama": "each answer token needs its row of the cross-attention mask"},
+    "check": {**dict.fromkeys(MROPE_FAMILIES, _MROPE),
+              "mllama": "each question token needs its row of the cross-attention mask",
+              "paligemma": "its processor places BOS and a newline around the prompt"},
+}
+FAST_NAMES = {"sample": "shared prompt KV cache", "score": "shared image+prompt prefix",
+              "check": "shared image+prompt prefix"}
+PLAIN_NAMES = {"sample": "plain generate", "score": "full sequences", "check": "full sequences"}
 
 
 class ModelConfigError(ValueError):
@@ -23,9 +44,15 @@ class Family:
     kind: str  # "image-text-to-text" or "causal-lm"
     remote_code: bool = False  # served by code shipped with the checkpoint (auto_map)
 
-    @property
-    def prefix_cache(self) -> bool:
-        return self.model_type not in MROPE_FAMILIES
+    def fast(self, use: str) -> bool:
+        """Whether this family takes the fast path for ``use`` (sample, score or check)."""
+        return self.model_type not in SLOW_PATHS[use]
+
+    def path(self, use: str) -> str:
+        """The path ``use`` takes, in words, with the reason when it is the plain one."""
+        if self.fast(use):
+            return FAST_NAMES[use]
+        return f"{PLAIN_NAMES[use]} ({SLOW_PATHS[use][self.model_type]})"
 
 
 # auto_map entries that give the kind of model a checkpoint's own code provides
@@ -104,3 +131,29 @@ def _refs(auto_map: dict) -> list[str]:
     for value in auto_map.values():
         refs.extend(v for v in (value if isinstance(value, list) else [value]) if v)
     return refs
+
+
+def sliding_window(text_config: Any) -> int | None:
+    """The sliding-attention window of a text config that has sliding layers, else None."""
+    window = getattr(text_config, "sliding_window", None)
+    sliding = "sliding_attention" in (getattr(text_config, "layer_types", None) or ()) or bool(
+        getattr(text_config, "use_sliding_window", False))
+    return int(window) if window and sliding else None
+
+
+def describe_path(family: Family, use: str, window: int | None) -> str:
+    """``Family.path``, plus the window beyond which a sliding-window model leaves the fast path."""
+    text = family.path(use)
+    if window is not None and family.fast(use):
+        text += f" (plain beyond the {window}-token sliding window)"
+    return text
+
+
+def checkpoint_path(path: str | Path, use: str, *, trust_remote_code: bool = False) -> str:
+    """Which path ``use`` (sample, score or check) takes on the image-text checkpoint at
+    ``path``, read from its config alone (no weights are loaded)."""
+    from transformers import AutoConfig
+
+    family = detect_family(path, trust_remote_code=trust_remote_code)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=family.remote_code)
+    return describe_path(family, use, sliding_window(config.get_text_config()))

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>", "<image>"]
+BASE_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]
 
 # A small English vocabulary, so that even random weights print words rather than bytes. The
 # words of the shipped prompt templates are added when the tokenizer is built.
@@ -91,31 +91,38 @@ def _template_words() -> list[str]:
     return sorted(set(re.findall(r"\w+", text)))
 
 
-def build_tokenizer():
-    """A word-level fast tokenizer with BOS post-processing, built without any download."""
+def build_tokenizer(specials: tuple[str, ...] = ("<image>",), named: dict[str, str] | None = None, *,
+                    bos: bool = True, words: tuple[str, ...] = ()):
+    """A word-level fast tokenizer, built without any download.
+
+    ``specials`` are added as special tokens (never split or lowercased); ``named`` gives some of
+    them the attribute names a processor looks for (``image_token`` ...); ``bos`` adds the BOS
+    post-processor; ``words`` extends the vocabulary."""
     from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     vocab: dict[str, int] = {}
-    for token in SPECIAL_TOKENS + TEMPLATE_WORDS + PUNCTUATION + WORDS + _template_words():
+    for token in BASE_TOKENS + list(specials) + TEMPLATE_WORDS + PUNCTUATION + WORDS + _template_words() + list(words):
         vocab.setdefault(token, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
     tok.normalizer = normalizers.Lowercase()
     # Words, runs of punctuation, and newlines (kept: the split/question models answer in lines).
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"\w+|[^\w\s]+|\n"), behavior="removed", invert=True)
     tok.decoder = decoders.WordPiece(prefix="##", cleanup=True)
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
-    )
+    if bos:
+        tok.post_processor = processors.TemplateProcessing(
+            single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", vocab["<s>"])]
+        )
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok,
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>"},
+        extra_special_tokens=dict(named if named is not None else {"image_token": "<image>"}),
     )
-    fast.add_special_tokens({"additional_special_tokens": ["<image>"]})
+    if specials:
+        fast.add_special_tokens({"additional_special_tokens": list(specials)})
     fast.padding_side = "left"
     return fast
 

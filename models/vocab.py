@@ -28,3 +28,33 @@ def yes_no_token_ids(tokenizer: Any, path: str | Path) -> tuple[list[int], list[
     if not yes or not no or set(yes) & set(no):
         raise ValueError(f"{path}: the tokenizer has no separate single tokens for yes and no")
     return yes, no
+
+
+def stop_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
+    """Every id that ends a reply: the generation config's eos ids (Gemma 3 lists <end_of_turn>
+    there, Llama 3 <|eot_id|>) and the tokenizer's eos."""
+    value = getattr(generation_config, "eos_token_id", None)
+    ids = list(value) if isinstance(value, (list, tuple)) else ([value] if value is not None else [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    return sorted({int(i) for i in ids})
+
+
+END_SENTINEL = "\u00a7\u00a7end\u00a7\u00a7"
+
+
+def end_of_turn_id(render: Any, tokenizer: Any, stops: list[int]) -> int:
+    """The token the chat template writes right after an assistant's reply (``<end_of_turn>``,
+    ``<|im_end|>``, ``</s>`` ...): the token an answer's score ends with. ``render(reply)``
+    renders a conversation whose last turn is the assistant's ``reply``. Falls back to the
+    first stop id when the template writes no stop token there."""
+    try:
+        text = render(END_SENTINEL)
+    except Exception:  # noqa: BLE001 - a template that cannot render an assistant turn
+        text = ""
+    if END_SENTINEL in text:
+        after = tokenizer.encode(text.split(END_SENTINEL, 1)[1], add_special_tokens=False)
+        for token in after[:2]:
+            if token in stops:
+                return int(token)
+    return int(tokenizer.eos_token_id) if tokenizer.eos_token_id in stops else stops[0]

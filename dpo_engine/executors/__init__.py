@@ -70,15 +70,19 @@ class Executor(Protocol):
 
 def process_contained(stage: Any, batch: Batch, model: Any, config: Any) -> Outputs:
     """Run a batch; if it raises, run its records one at a time so that only the record(s)
-    at fault fail, each with its error, and the others still get done."""
+    at fault fail, each with its error, and the others still get done. ``Outputs.split``
+    says that this happened, and why, so the run can say so (a batch that fails whole every
+    time means a model that cannot batch: a silent slowdown otherwise)."""
     try:
         return stage.process(batch, model, config)
     except Exception as exc:  # noqa: BLE001 - any failure of one batch is contained
+        error = f"{type(exc).__name__}: {exc}"[:500]
         if len(batch.rids) == 1:
-            return Outputs(failed={batch.rids[0]: f"{type(exc).__name__}: {exc}"[:500]})
+            return Outputs(failed={batch.rids[0]: error})
     merged = Outputs()
     for rid in batch.rids:
         merged.merge(process_contained(stage, batch.subset([rid]), model, config))
+    merged.split = f"a batch of {len(batch.rids)} records failed ({error}); they ran one at a time"
     return merged
 
 

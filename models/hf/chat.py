@@ -19,6 +19,7 @@ from ..base import Generation
 from ..family import detect_family
 from ..runtime import empty_cache, quiet_transformers, resolve_device, resolve_dtype, synchronize
 from ..sampling import SeededSampler, row_uniforms
+from ..vocab import stop_token_ids
 
 
 class TextChatModel:
@@ -43,17 +44,8 @@ class TextChatModel:
             raise ValueError(f"{path}: the tokenizer has no chat template; this role needs a chat model")
         self.model = AutoModelForCausalLM.from_pretrained(path, dtype=self.dtype, trust_remote_code=remote)
         self.model.to(self.device).eval()
-        self.stop_ids = self._stop_ids()
+        self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
         self.model_seconds = 0.0
-
-    def _stop_ids(self) -> list[int]:
-        """End-of-turn ids: the generation config's (Llama-3 lists <|eot_id|> there) and the
-        tokenizer's eos."""
-        ids = self.model.generation_config.eos_token_id
-        ids = list(ids) if isinstance(ids, (list, tuple)) else ([ids] if ids is not None else [])
-        if self.tokenizer.eos_token_id is not None:
-            ids.append(self.tokenizer.eos_token_id)
-        return sorted(set(int(i) for i in ids))
 
     def prompt(self, text: str) -> str:
         return self.tokenizer.apply_chat_template([{"role": "user", "content": text}],

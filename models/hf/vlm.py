@@ -25,10 +25,13 @@ import torch
 from PIL import Image
 
 from ..base import Generation
-from ..family import Family, detect_family
+from ..family import Family, describe_path, detect_family, sliding_window
 from ..runtime import empty_cache, quiet_transformers, resolve_device, resolve_dtype, synchronize
 from ..sampling import SeededSampler, row_uniforms
-from ..vocab import yes_no_token_ids
+from ..vocab import end_of_turn_id, stop_token_ids, yes_no_token_ids
+
+# Processor outputs with one entry per token: they follow input_ids when it is cut or extended.
+TOKEN_ALIGNED = ("token_type_ids", "mm_token_type_ids", "cross_attention_mask")
 
 
 class ImageTextModel:
@@ -57,18 +60,49 @@ class ImageTextModel:
         self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, trust_remote_code=remote)
         self.model.to(self.device).eval()
         self.eos_id = int(self.tokenizer.eos_token_id)
+        self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
+        self.end_id = self._end_of_turn_id()
         self.model_seconds = 0.0  # wall time spent inside model calls (for overhead figures)
+        self.taken: dict[str, str] = {}  # the path each kind of work took last: "fast" or "plain"
 
     # ----------------------------------------------------------------- prompts
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
+    def _end_of_turn_id(self) -> int:
+        def render(reply: str) -> str:
+            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+                        {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
+            return self.processor.apply_chat_template(messages, tokenize=False)
+
+        return end_of_turn_id(render, self.tokenizer, self.stop_ids)
+
+    def _window(self) -> int | None:
+        """The text model's sliding-attention window, if it has sliding layers: the fast paths
+        take only sequences that fit it (a copied or shared cache would need the window's own
+        bookkeeping)."""
+        return sliding_window(self.model.config.get_text_config())
+
+    def _fits(self, use: str, length: int) -> bool:
+        window = self._window()
+        taken = self.family.fast(use) and (window is None or length <= window)
+        self.taken[use] = "fast" if taken else "plain"
+        return taken
+
+    @property
+    def paths(self) -> dict[str, str]:
+        """Which path sampling, scoring and checks take, in words (for logs and status)."""
+        return {use: describe_path(self.family, use, self._window()) for use in ("sample", "score", "check")}
+
     def _encode(self, images: list[Image.Image], prompts: list[str]) -> dict[str, torch.Tensor]:
         bos = self.tokenizer.bos_token
         add_special = not (bos and all(p.startswith(bos) for p in prompts))
-        enc = self.processor(images=images, text=prompts, return_tensors="pt", padding=True,
-                             add_special_tokens=add_special)
+        # One list of images per prompt: Gemma 3, SmolVLM, mllama and PaliGemma read a flat list
+        # as every image belonging to the first prompt; the others accept both forms.
+        enc = self.processor(images=[[image] for image in images], text=prompts, return_tensors="pt",
+                             padding=True, add_special_tokens=add_special)
+        enc.pop("labels", None)  # PaliGemma's processor returns them; the model would compute a loss
         out = {}
         for key, value in enc.items():
             if torch.is_floating_point(value):
@@ -94,17 +128,17 @@ class ImageTextModel:
         sampler = LogitsProcessorList([SeededSampler(uniforms, temperature, top_p, prompt_len)])
         config = GenerationConfig(
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
-            eos_token_id=self.eos_id, pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,
             bos_token_id=self.tokenizer.bos_token_id,
         )
-        if self.family.prefix_cache:
+        if self._fits("sample", prompt_len + max_new_tokens):
             # Encode image + prompt once per record (all but the last prompt token), copy the
             # KV cache k times, and let generate continue from the last prompt token.
             # Decoding writes into a preallocated static cache: a growing cache re-copies the
             # whole prompt at every step, which costs more than the model itself on small models.
             positions = (mask.cumsum(-1) - 1).clamp(min=0)
-            head = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1],
-                              position_ids=positions[:, :-1], use_cache=True, logits_to_keep=1, **enc)
+            head = self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                              use_cache=True, logits_to_keep=1, **_token_aligned(enc, prompt_len - 1))
             cache = StaticCache(config=self.model.config, max_cache_len=prompt_len + max_new_tokens)
             for i, layer in enumerate(head.past_key_values.layers):
                 cache.update(layer.keys.repeat_interleave(k, 0), layer.values.repeat_interleave(k, 0), i)
@@ -121,12 +155,8 @@ class ImageTextModel:
         return self._decode(out[:, prompt_len:].cpu(), len(questions), k)
 
     def _decode(self, generated: torch.Tensor, n_records: int, k: int) -> list[list[Generation]]:
-        lengths = []
-        for row in generated.tolist():
-            n = len(row)
-            if self.eos_id in row:
-                n = row.index(self.eos_id) + 1
-            lengths.append(n)
+        stops = set(self.stop_ids)
+        lengths = [next((i + 1 for i, t in enumerate(row) if t in stops), len(row)) for row in generated.tolist()]
         texts = self.tokenizer.batch_decode(
             [row[: n] for row, n in zip(generated.tolist(), lengths)], skip_special_tokens=True
         )
@@ -141,7 +171,7 @@ class ImageTextModel:
         t0 = time.perf_counter()
         enc = self._encode([image] * k, [self.prompt(question)] * k)
         out = self.model.generate(**enc, do_sample=True, temperature=temperature,
-                                  max_new_tokens=max_new_tokens, eos_token_id=self.eos_id,
+                                  max_new_tokens=max_new_tokens, eos_token_id=self.stop_ids,
                                   pad_token_id=self.tokenizer.pad_token_id)
         synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0
@@ -161,22 +191,23 @@ class ImageTextModel:
 
     # ----------------------------------------------------------------- scoring
     def answer_ids(self, answer: str) -> list[int]:
-        """Token ids scored for an answer: its tokens plus the end-of-turn token."""
-        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos_id]
+        """Token ids scored for an answer: its tokens plus the token the chat template ends an
+        assistant turn with."""
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.end_id]
 
     @torch.inference_mode()
     def score(self, image: Image.Image, question: str, answers: Sequence[str]) -> list[np.ndarray]:
         """Per-token log-probs (float32) of each answer given image + question."""
         if not answers:
             return []
-        if not self.family.prefix_cache:
-            return self.score_full(image, question, answers, batch_size=len(answers))
         t0 = time.perf_counter()
         enc = self._encode([image], [self.prompt(question)])
         prefix_len = enc["input_ids"].shape[1]
+        ids = [self.answer_ids(a) for a in answers]
+        if not self._fits("score", prefix_len + max(len(x) for x in ids)):
+            return self.score_full(image, question, answers, batch_size=len(answers))
         head = self.model(**enc, use_cache=True, logits_to_keep=1)
         first_logp = torch.log_softmax(head.logits[0, -1].float(), dim=-1)
-        ids = [self.answer_ids(a) for a in answers]
         batch, mask = self._after_prefix(ids, prefix_len)
         cache = head.past_key_values
         cache.batch_repeat_interleave(len(ids))
@@ -215,6 +246,7 @@ class ImageTextModel:
                 tail_mask[i, : len(row)] = 1
             enc["input_ids"] = torch.cat([prompt_ids, tail.to(self.device)], dim=1)
             enc["attention_mask"] = torch.cat([prompt_mask, tail_mask.to(self.device)], dim=1)
+            _extend_token_aligned(enc, width, answer_type=1 if self.family.model_type == "paligemma" else 0)
             logits = self.model(**enc).logits
             p = prompt_ids.shape[1]
             for i, row in enumerate(ids):
@@ -247,8 +279,9 @@ class ImageTextModel:
         if not questions:
             return np.zeros((0, 2), dtype=np.float64)
         prompts = [self.prompt(q) for q in questions]
-        shared = self._shared_prefix(image, prompts) if self.family.prefix_cache else None
-        if shared is None:
+        shared = self._shared_prefix(image, prompts) if self.family.fast("check") else None
+        if shared is None or not self._fits("check", max(len(r) for r in shared[0])):
+            self.taken["check"] = "plain"
             return self.yes_no_full(image, questions, batch_size=chunk)
         t0 = time.perf_counter()
         rows, prefix_len, pixels = shared
@@ -284,33 +317,31 @@ class ImageTextModel:
         return torch.stack([probs[:, yes].sum(-1), probs[:, no].sum(-1)], dim=1).double().cpu().numpy()
 
     def _shared_prefix(self, image: Image.Image, prompts: list[str]):
-        """Token ids of every prompt with the image placeholder expanded, the length of the
-        prefix they all share (image included), and the image inputs; None when the prompts do
-        not share a prefix holding the whole image, or the expansion cannot be checked."""
+        """Token ids of every prompt with the image expanded, the length of the prefix they all
+        share (image included), and the image inputs for that prefix; None when that cannot be
+        established.
+
+        Only the first prompt goes through the processor. Its expansion of the image (a run of
+        image tokens, or tokens around them, or none) must lie inside the text all prompts
+        share; the other prompts then equal the first one's expanded head + their own text."""
         first = self._encode([image], prompts[:1])
         expanded = first.pop("input_ids")[0].tolist()
         first.pop("attention_mask", None)
-        image_id = self._image_token_id()
         bos = self.tokenizer.bos_token
         add_special = not (bos and all(p.startswith(bos) for p in prompts))
         plain = self.tokenizer(prompts, add_special_tokens=add_special)["input_ids"]
-        if image_id is None or image_id not in expanded:
+        common = min(len(r) for r in plain)
+        for r in plain[1:]:
+            common = min(common, next((i for i, (a, b) in enumerate(zip(plain[0], r)) if a != b), common))
+        head = expanded[: common + len(expanded) - len(plain[0])]
+        if not head or head + plain[0][common:] != expanded:  # the expansion reaches past the shared text
             return None
-        n_image = expanded.count(image_id) - plain[0].count(image_id) + 1
-        rows = []
-        for ids in plain:
-            row = []
-            for t in ids:
-                row.extend([t] * n_image if t == image_id else [t])
-            rows.append(row)
-        if rows[0] != expanded:  # this processor expands the placeholder in another way
+        rows = [head + r[common:] for r in plain]
+        prefix_len = min(len(head), min(len(r) for r in rows) - 1)
+        image_id = self._image_token_id()
+        if prefix_len <= 0 or (image_id is not None and any(image_id in r[prefix_len:] for r in rows)):
             return None
-        prefix_len = min(len(r) for r in rows) - 1
-        for r in rows[1:]:
-            prefix_len = min(prefix_len, next((i for i, (a, b) in enumerate(zip(rows[0], r)) if a != b), prefix_len))
-        if prefix_len <= 0 or any(image_id in r[prefix_len:] for r in rows):
-            return None
-        return rows, prefix_len, first
+        return rows, prefix_len, _token_aligned(first, prefix_len)
 
     @torch.inference_mode()
     def yes_no_full(self, image: Image.Image, questions: Sequence[str], *, batch_size: int = 1) -> np.ndarray:
@@ -341,3 +372,24 @@ def _repeated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], n: int):
     for i, (keys, values) in enumerate(layers):
         cache.update(keys.expand(n, *keys.shape[1:]), values.expand(n, *values.shape[1:]), i)
     return cache
+
+
+def _token_aligned(enc: dict, length: int) -> dict:
+    """``enc`` with its per-token entries cut to the first ``length`` tokens."""
+    return {k: (v[:, :length] if k in TOKEN_ALIGNED else v) for k, v in enc.items()}
+
+
+def _extend_token_aligned(enc: dict, width: int, *, answer_type: int) -> None:
+    """Extend the per-token entries over ``width`` appended answer tokens: token types get
+    ``answer_type`` (PaliGemma marks the suffix it predicts with 1, the others text with 0); the
+    cross-attention mask repeats the prompt's last row (answer tokens see the image as it did)."""
+    for key in TOKEN_ALIGNED:
+        value = enc.get(key)
+        if value is None:
+            continue
+        if key == "cross_attention_mask":
+            tail = value[:, -1:].expand(-1, width, *value.shape[2:])
+        else:
+            tail = torch.full((value.shape[0], width), answer_type if key == "token_type_ids" else 0,
+                              dtype=value.dtype, device=value.device)
+        enc[key] = torch.cat([value, tail], dim=1)

@@ -1,0 +1,150 @@
+"""The family matrix: every image-text-to-text family we support, and the text chat families of
+the split and question roles, built tiny with their real config, model, tokenizer and processor
+classes (``models/tiny_families.py``), and run through the real code.
+
+Per VLM family: the fast paths (a copied prompt KV cache for sampling, a shared image + prompt
+prefix for scoring and checks) give what the plain paths give, and are taken wherever the family
+allows them; a record sampled alone gets the answers it gets in a batch of three; replies stop
+at, and scores end with, the token the chat template closes an assistant turn with; and both
+pipelines run end to end on a few records with batches of several records (no record-by-record
+retry).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import shapes_rows, write_parquet
+from PIL import Image
+
+from dpo_engine import engine
+from dpo_engine.config import RunConfig
+from dpo_engine.models.family import SLOW_PATHS, checkpoint_path
+from dpo_engine.models.hf.chat import TextChatModel
+from dpo_engine.models.hf.vlm import ImageTextModel
+from dpo_engine.models.tiny_families import (
+    CHAT_END_OF_TURN,
+    CHAT_FAMILIES,
+    VLM_FAMILIES,
+    build_tiny_chat_family,
+    build_tiny_vlm,
+)
+
+USES = ("sample", "score", "check")
+
+
+def images() -> list[Image.Image]:
+    rng = np.random.RandomState(0)
+    return [Image.fromarray((rng.rand(40 + 8 * i, 48, 3) * 255).astype("uint8")) for i in range(3)]
+
+
+@pytest.fixture(scope="session")
+def family_dir(tmp_path_factory):
+    """A tiny checkpoint of a family (built on first use, then shared by the session)."""
+    root = tmp_path_factory.mktemp("families")
+    built = {}
+
+    def get(name: str, seed: int = 0):
+        if (name, seed) not in built:
+            make = build_tiny_vlm if name in VLM_FAMILIES else build_tiny_chat_family
+            built[name, seed] = make(name, root / f"{name}-{seed}", seed=seed)
+        return built[name, seed]
+
+    return get
+
+
+@pytest.mark.parametrize("family", list(VLM_FAMILIES))
+def test_fast_paths_equal_plain_paths_and_batches_change_nothing(family, family_dir):
+    model = ImageTextModel(family_dir(family), device="cpu", dtype="float32")
+    assert model.family.model_type == family
+    expected = {use: "plain" if family in SLOW_PATHS[use] else "fast" for use in USES}
+    img = images()
+
+    answers = ["a red circle .", "blue", "yes , two small squares at the top left"]
+    fast = model.score(img[0], "what colour is the circle?", answers)
+    for batch_size in (1, 3):
+        plain = model.score_full(img[0], "what colour is the circle?", answers, batch_size=batch_size)
+        for a, b, text in zip(fast, plain, answers):
+            assert len(a) == len(model.answer_ids(text)) and (a <= 0).all()
+            np.testing.assert_allclose(a, b, atol=1e-4)
+
+    questions = ["is the circle red?", "is there a square?", "are there two blue stars at the top?"]
+    checks = model.yes_no(img[1], questions)
+    for batch_size in (1, 3):
+        np.testing.assert_allclose(checks, model.yes_no_full(img[1], questions, batch_size=batch_size),
+                                   rtol=1e-3, atol=1e-7)
+
+    kw = dict(k=3, max_new_tokens=8, temperature=1.0, seed=4)
+    prompts = ["describe the image.", "what do you see?", "how many shapes are in the picture?"]
+    together = model.generate(img, prompts, keys=[0, 1, 2], **kw)
+    assert together == [model.generate([img[i]], [prompts[i]], keys=[i], **kw)[0] for i in range(3)]
+    assert model.taken == expected
+    assert set(model.paths) == set(USES)
+
+
+@pytest.mark.parametrize("family", list(VLM_FAMILIES))
+def test_replies_stop_at_the_templates_end_of_turn_and_scores_end_with_it(family, family_dir):
+    model = ImageTextModel(family_dir(family), device="cpu", dtype="float32")
+    end = model.tokenizer.convert_tokens_to_ids(VLM_FAMILIES[family].end_of_turn)
+    assert model.end_id == end and end in model.stop_ids
+    assert model.answer_ids("a red circle")[-1] == end
+    word = model.tokenizer.convert_tokens_to_ids("red")
+    import torch
+
+    (gens,) = model._decode(torch.tensor([[word, word, end, word, word]]), 1, 1)
+    assert gens[0].n_tokens == 3 and gens[0].text == "red red"
+
+
+def test_a_sliding_window_model_samples_on_the_plain_path_beyond_its_window(family_dir, tmp_path):
+    """Gemma 3 with a 16-token window: prompts that outgrow it leave the copied-cache path
+    (which would need the window's own bookkeeping) and still batch exactly."""
+    folder = shutil.copytree(family_dir("gemma3"), tmp_path / "gemma3-window")
+    config = json.loads((folder / "config.json").read_text())
+    config["text_config"]["sliding_window"] = 16
+    (folder / "config.json").write_text(json.dumps(config))
+    model = ImageTextModel(folder, device="cpu", dtype="float32")
+    kw = dict(k=2, max_new_tokens=6, temperature=1.0, seed=1)
+    prompts = ["describe the image.", "what colours are the shapes in the picture , left to right?"]
+    together = model.generate(images()[:2], prompts, keys=[0, 1], **kw)
+    assert model.taken["sample"] == "plain"
+    assert together == [model.generate(images()[i:i + 1], prompts[i:i + 1], keys=[i], **kw)[0] for i in range(2)]
+    assert "plain beyond the 16-token sliding window" in checkpoint_path(folder, "sample")
+
+
+@pytest.mark.parametrize("family", list(CHAT_FAMILIES))
+def test_chat_families_reply_the_same_alone_and_in_a_batch(family, family_dir):
+    model = TextChatModel(family_dir(family), device="cpu", dtype="float32")
+    assert model.family.model_type == family
+    end = model.tokenizer.convert_tokens_to_ids(CHAT_END_OF_TURN.get(family, "</s>"))
+    assert end in model.stop_ids
+    prompts = ["describe the red circle .", "what is in the picture?", "list the shapes"]
+    kw = dict(max_new_tokens=8, temperature=1.0, top_p=0.9, seed=3)
+    together = model.chat(prompts, keys=[(i,) for i in range(3)], **kw)
+    assert together == [model.chat([p], keys=[(i,)], **kw)[0] for i, p in enumerate(prompts)]
+
+
+@pytest.fixture(scope="module")
+def three_records(tmp_path_factory):
+    return write_parquet(tmp_path_factory.mktemp("family-data") / "d.parquet", shapes_rows(3, seed=7))
+
+
+@pytest.mark.parametrize("family", list(VLM_FAMILIES))
+def test_both_pipelines_run_end_to_end_in_batches(family, family_dir, three_records, tmp_path):
+    common = dict(dataset=str(three_records), sample_k=3, max_new_tokens=8, batch_size=3, device="cpu",
+                  dtype="float32")
+    runs = {
+        "dpo_reward": {"instruct": family_dir(family), "reward": family_dir(family, seed=1)},
+        "divide_and_conquer": {"instruct": family_dir(family), "labeler": family_dir(family, seed=1),
+                               "split": family_dir("llama"), "question": family_dir("qwen3")},
+    }
+    for pipeline, models in runs.items():
+        summary = engine.run_pipeline(RunConfig(pipeline=pipeline, work_dir=str(tmp_path / pipeline),
+                                                models={k: str(v) for k, v in models.items()}, **common))
+        assert summary.records["valid"] == 3
+        for report in summary.reports:
+            assert report.failed == 0, (pipeline, report.name, report.errors)
+            assert report.split_batches == 0, (pipeline, report.name)
+        assert summary.samples == 9

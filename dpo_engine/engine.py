@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import RunConfig, model_fingerprint
-from .errors import ConfigError, ModelError, WorkDirBusy
+from .errors import ConfigError, DpoEngineError, ModelError, WorkDirBusy
 from .observer import Observer, Silent
 from .store import DB_NAME, StatusSnapshot, Store
 
@@ -133,7 +133,11 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
         else:
             backends = {s.name: config.backend_for(getattr(s, "model_use", "generate"))
                         for s in pipeline.stages if s.model_role}
-            store.save_run(pipeline.name, config.dataset, {**asdict(config), "stage_backends": backends},
+            stage_paths, plain = _stage_paths(config, pipeline, backends)
+            for name in plain:  # slower than the other families: say so once, and why
+                observer.note(f"{name}: {stage_paths[name]}", "warning")
+            store.save_run(pipeline.name, config.dataset,
+                           {**asdict(config), "stage_backends": backends, "stage_paths": stage_paths},
                            hashes, _versions())
 
         started = time.perf_counter()
@@ -141,6 +145,7 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
             monitor = Monitor(store.path).start()
         executor = executor or _executor(config, pipeline)
         reports = Runner(store, pipeline.stages, config, observer, executor, controls=not join).run()
+        _stop_if_nothing_passed(store, pipeline.stages[0].name, hashes, reports)
         final = hashes[pipeline.stages[-1].name]
         out = export(store, work / OUTPUT, "rlaif-v", columns=pipeline.export_columns, settings_hash=final)
         store.mark_complete(final)
@@ -165,6 +170,37 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
         raise
     finally:
         store.close()
+
+
+def _stage_paths(config: RunConfig, pipeline: Pipeline, backends: dict[str, str]) -> tuple[dict[str, str], list[str]]:
+    """Which path each image-text stage takes on the transformers backend (``Family.path``),
+    and the stages whose family takes the plain one."""
+    from .models.family import checkpoint_path, detect_family
+
+    paths, plain = {}, []
+    for stage in pipeline.stages:
+        use = getattr(stage, "path_use", None)
+        if use and backends.get(stage.name) == "hf":
+            folder, trust = config.model_path(stage.model_role), config.trust_remote_code
+            paths[stage.name] = checkpoint_path(folder, use, trust_remote_code=trust)
+            if not detect_family(folder, trust_remote_code=trust).fast(use):
+                plain.append(stage.name)
+    return paths, plain
+
+
+def _stop_if_nothing_passed(store: Store, first: str, hashes: dict[str, str], reports) -> None:
+    """When every record failed in the first stage there is nothing to export: say so with the
+    records' errors (the commonest first) instead of an empty dataset."""
+    report = next((r for r in reports if r.name == first), None)
+    if report is None or not report.failed or store.count_done(first, hashes[first]):
+        return
+    from collections import Counter
+
+    reasons = Counter(error.split(": ", 1)[-1] for error in report.errors)
+    lines = [f"{n} x {reason}" for reason, n in reasons.most_common(3)]
+    raise DpoEngineError(f"every record failed in {first} ({report.failed} records); the errors:\n  "
+                         + "\n  ".join(lines),
+                         "fix the cause and rerun the same command (failed records are retried)")
 
 
 def _executor(config: RunConfig, pipeline: Pipeline) -> Executor:
@@ -296,7 +332,6 @@ def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> E
     The pairs always come from one finished settings hash: the store's, when every stage has
     finished under its newest settings; else, when a rerun with other settings is unfinished,
     the dataset the last finished run wrote into the work dir (``report.note`` says so)."""
-    from .errors import DpoEngineError
     from .exports import copy_export, export, settings_hash_of
     from .pipelines import get_pipeline
 

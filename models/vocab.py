@@ -43,13 +43,15 @@ def stop_token_ids(generation_config: Any, tokenizer: Any) -> list[int]:
 END_SENTINEL = "\u00a7\u00a7end\u00a7\u00a7"
 
 
-def end_of_turn_id(render: Any, tokenizer: Any, stops: list[int]) -> int:
-    """The token the chat template writes right after an assistant's reply (``<end_of_turn>``,
-    ``<|im_end|>``, ``</s>`` ...): the token an answer's score ends with. ``render(reply)``
-    renders a conversation whose last turn is the assistant's ``reply``. Falls back to the
-    first stop id when the template writes no stop token there."""
+def end_of_turn_id(processor: Any, tokenizer: Any, stops: list[int]) -> int:
+    """The token an image-text ``processor``'s chat template writes right after an assistant's
+    reply (``<end_of_turn>``, ``<|im_end|>``, ``</s>`` ...): the token an answer's score ends
+    with. Falls back to the tokenizer's eos (or the first stop id) when the template writes no
+    stop token there."""
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
+                {"role": "assistant", "content": [{"type": "text", "text": END_SENTINEL}]}]
     try:
-        text = render(END_SENTINEL)
+        text = processor.apply_chat_template(messages, tokenize=False)
     except Exception:  # noqa: BLE001 - a template that cannot render an assistant turn
         text = ""
     if END_SENTINEL in text:

@@ -8,6 +8,7 @@ class ModelStage:
 
     model_role: str | None = None
     model_use = "generate"  # or "score": which backend serves it (RunConfig.backend_for)
+    path_use: str | None = None  # "sample", "score" or "check": the image-text work it does (Family.path)
     scope = "record"
 
     def batch_size(self, config) -> int:

@@ -17,6 +17,7 @@ from ._base import ModelStage, by_answer
 
 class CheckStage(ModelStage):
     name = "check"
+    path_use = "check"
     after = ("questions",)
     reads = ("records", "facts", "questions")
     writes = ("judgments",)

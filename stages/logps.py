@@ -23,6 +23,7 @@ class LogpsStage(ModelStage):
         self.writes = (f"logprob:{role}",)
 
     model_use = "score"
+    path_use = "score"
 
     def settings(self, config) -> dict:
         return {"model": config.model_id(self.role), "dtype": config.dtype, **self.backend_settings(config)}

@@ -11,6 +11,7 @@ from ._base import ModelStage
 
 class SampleStage(ModelStage):
     name = "sample"
+    path_use = "sample"
     after: tuple[str, ...] = ()
     reads = ("records",)
     writes = ("samples",)

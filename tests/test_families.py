@@ -22,7 +22,7 @@ from PIL import Image
 
 from dpo_engine import engine
 from dpo_engine.config import RunConfig
-from dpo_engine.models.family import SLOW_PATHS, checkpoint_path
+from dpo_engine.models.family import PLAIN_NAMES, SLOW_PATHS, checkpoint_path
 from dpo_engine.models.hf.chat import TextChatModel
 from dpo_engine.models.hf.vlm import ImageTextModel
 from dpo_engine.models.tiny_families import (
@@ -148,3 +148,21 @@ def test_both_pipelines_run_end_to_end_in_batches(family, family_dir, three_reco
             assert report.failed == 0, (pipeline, report.name, report.errors)
             assert report.split_batches == 0, (pipeline, report.name)
         assert summary.samples == 9
+        paths = {s.name: s.path for s in engine.read_status(tmp_path / pipeline).stages if s.path}
+        uses = {"sample": "sample", "logps_instruct": "score", "logps_reward": "score", "check": "check"}
+        assert set(paths) == set(uses) & {s.name for s in summary.reports}
+        for stage, path in paths.items():
+            assert path.startswith(PLAIN_NAMES[uses[stage]]) == (family in SLOW_PATHS[uses[stage]]), path
+
+
+def test_when_every_record_fails_in_the_first_stage_the_cli_shows_their_errors(family_dir, three_records, tmp_path):
+    from conftest import cli
+
+    folder = shutil.copytree(family_dir("llava"), tmp_path / "broken")
+    (folder / "chat_template.jinja").write_text("{{ raise_exception('this template takes no images') }}")
+    proc = cli("run", "--dataset", three_records, "--instruct-model", folder, "--reward-model", folder,
+               "--work-dir", tmp_path / "w", "--sample-k", "2", "--max-new-tokens", "4", check=False)
+    assert proc.returncode == 1
+    assert "every record failed in sample (3 records)" in proc.stderr
+    assert "3 x " in proc.stderr and "this template takes no images" in proc.stderr
+    assert "holds no results yet" not in proc.stderr

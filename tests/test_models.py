@@ -96,20 +96,3 @@ def test_vocabulary_fingerprint_tells_tokenizers_apart(tiny_models, tmp_path):
     tok.add_tokens(["hexagon"])
     tok.save_pretrained(tmp_path)
     assert vocabulary_fingerprint(tmp_path) != vocabulary_fingerprint(tiny_models["instruct"])
-
-
-def test_shared_prefix_paths_equal_the_plain_paths(tiny_models):
-    """The KV-cache sharing fast paths give what plain generate/scoring gives."""
-    import dataclasses
-
-    fast = ImageTextModel(tiny_models["instruct"], device="cpu")
-    plain = ImageTextModel(tiny_models["instruct"], device="cpu")
-    plain.family = dataclasses.replace(plain.family, model_type="qwen2_vl")  # an M-RoPE family
-    assert fast.family.prefix_cache and not plain.family.prefix_cache
-    qs = ["describe the image.", "what colours are the shapes in the picture?"]
-    kw = dict(keys=[3, 4], k=3, max_new_tokens=12, temperature=0.7, seed=1)
-    a, b = fast.generate(images()[:2], qs, **kw), plain.generate(images()[:2], qs, **kw)
-    assert a == b
-    answers = [g.text for g in a[0]]
-    for x, y in zip(fast.score(images()[0], qs[0], answers), plain.score(images()[0], qs[0], answers)):
-        assert np.allclose(x, y, atol=1e-4)

@@ -59,6 +59,9 @@ def print_status(console: Console, work_dir, snap) -> None:
                       f"{s.tokens_per_s:.0f}" if s.tokens_per_s else "-", s.backend or "-")
     console.print(table)
     for s in snap.stages:
+        if s.path:
+            console.print(Text(f"  {s.name}: {s.path}", style="dim"))
+    for s in snap.stages:
         for reason, n in s.notes.items():
             console.print(f"  {s.name}: {n} answers with {reason}", highlight=False, markup=False)
     if snap.workers:

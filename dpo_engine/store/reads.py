@@ -278,6 +278,7 @@ class StoreReads(StoreBase):
         hashes = info.stage_hashes if info else {}
         names = stage_order or list(hashes)
         backends = info.settings.get("stage_backends", {}) if info else {}
+        paths = info.settings.get("stage_paths", {}) if info else {}
         stages = []
         for name in names:
             h = hashes.get(name, "")
@@ -290,5 +291,5 @@ class StoreReads(StoreBase):
             stages.append(StageCounts(
                 name, done, max(0, counts.valid - done - failed), failed,
                 items / secs if secs > 0 else None, tokens / secs if secs > 0 and tokens else None,
-                self.note_counts(name), backends.get(name)))
+                self.note_counts(name), backends.get(name), paths.get(name)))
         return StatusSnapshot(info.pipeline if info else None, counts, stages, self.workers(), self.lease_holders())

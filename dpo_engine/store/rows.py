@@ -22,6 +22,7 @@ class StageCounts:
     tokens_per_s: float | None
     notes: dict[str, int] = field(default_factory=dict)  # answers left without output, by reason
     backend: str | None = None  # the model backend it runs on (None: no model)
+    path: str | None = None  # how the model does the stage's work (fast or plain path, and why)
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ class ImageTextModel:
         self.model.to(self.device).eval()
         self.eos_id = int(self.tokenizer.eos_token_id)
         self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
-        self.end_id = self._end_of_turn_id()
+        self.end_id = end_of_turn_id(self.processor, self.tokenizer, self.stop_ids)
         self.model_seconds = 0.0  # wall time spent inside model calls (for overhead figures)
         self.taken: dict[str, str] = {}  # the path each kind of work took last: "fast" or "plain"
 
@@ -69,14 +69,6 @@ class ImageTextModel:
     def prompt(self, question: str) -> str:
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-
-    def _end_of_turn_id(self) -> int:
-        def render(reply: str) -> str:
-            messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]},
-                        {"role": "assistant", "content": [{"type": "text", "text": reply}]}]
-            return self.processor.apply_chat_template(messages, tokenize=False)
-
-        return end_of_turn_id(render, self.tokenizer, self.stop_ids)
 
     def _window(self) -> int | None:
         """The text model's sliding-attention window, if it has sliding layers: the fast paths

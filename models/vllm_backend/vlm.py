@@ -18,7 +18,7 @@ from PIL import Image
 
 from ..base import Generation
 from ..runtime import quiet_transformers
-from ..vocab import yes_no_token_ids
+from ..vocab import end_of_turn_id, stop_token_ids, yes_no_token_ids
 from .options import VllmOptions, answer_seed, build_engine, shutdown
 
 
@@ -31,7 +31,14 @@ class VllmImageTextModel:
         self.path = Path(path)
         self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=options.trust_remote_code)
         self.tokenizer = self.processor.tokenizer
-        self.eos_id = int(self.tokenizer.eos_token_id)
+        from transformers import GenerationConfig
+
+        try:
+            generation = GenerationConfig.from_pretrained(path)
+        except OSError:  # no generation_config.json: the tokenizer's eos alone
+            generation = None
+        self.stop_ids = stop_token_ids(generation, self.tokenizer)
+        self.end_id = end_of_turn_id(self.processor, self.tokenizer, self.stop_ids)
         self.engine = build_engine(path, device=device, dtype=dtype, options=options, images=True)
         self.model_seconds = 0.0
         self._yes_no: tuple[list[int], list[int]] | None = None
@@ -45,7 +52,8 @@ class VllmImageTextModel:
         return self.tokenizer(text, add_special_tokens=not (bos and text.startswith(bos)))["input_ids"]
 
     def answer_ids(self, answer: str) -> list[int]:
-        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.eos_id]
+        """The answer's tokens and the token the chat template ends an assistant turn with."""
+        return self.tokenizer(answer, add_special_tokens=False)["input_ids"] + [self.end_id]
 
     def _run(self, requests: list[dict], params) -> list:
         t0 = time.perf_counter()
@@ -69,13 +77,14 @@ class VllmImageTextModel:
                 requests.append({"prompt_token_ids": ids, "multi_modal_data": {"image": image}})
                 params.append(SamplingParams(
                     n=1, temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens,
-                    seed=answer_seed(seed, rid, j), stop_token_ids=[self.eos_id], detokenize=False))
+                    seed=answer_seed(seed, rid, j), stop_token_ids=self.stop_ids, detokenize=False))
         gens = [self._generation(out.outputs[0].token_ids) for out in self._run(requests, params)]
         return [gens[i * k : (i + 1) * k] for i in range(len(questions))]
 
     def _generation(self, token_ids: Sequence[int]) -> Generation:
         ids = list(token_ids)
-        n = ids.index(self.eos_id) + 1 if self.eos_id in ids else len(ids)
+        stops = set(self.stop_ids)
+        n = next((i + 1 for i, t in enumerate(ids) if t in stops), len(ids))
         return Generation(self.tokenizer.decode(ids[:n], skip_special_tokens=True).strip(), n)
 
     # ----------------------------------------------------------------- scoring

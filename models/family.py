@@ -7,13 +7,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-# Families whose rotary positions depend on the image grid (M-RoPE): sharing a prompt's KV
-# cache would need their custom position ids, so they sample with num_return_sequences and
-# score full sequences instead.
+# Families whose rotary positions depend on the image grid (M-RoPE): text after a cached
+# prefix needs 3-D position ids (scoring and checks pass them), and copying a prompt's cache
+# for sampling would need them at every decoding step, so they sample the plain way.
 MROPE_FAMILIES = {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "glm4v", "glm4v_moe"}
 
 
 _MROPE = "its M-RoPE positions depend on the image grid"
+_UNTESTED_MROPE = dict.fromkeys(("glm4v", "glm4v_moe"), "its M-RoPE continuation positions are untested")
 # Families that cannot take a fast path for one kind of work, and why. The fast paths: sampling
 # copies the prompt's KV cache k times; scoring and yes/no checks run answers or questions
 # against the cached image + prompt prefix. Everything else takes the plain path: whole
@@ -22,10 +23,8 @@ SLOW_PATHS: dict[str, dict[str, str]] = {
     "sample": {**dict.fromkeys(MROPE_FAMILIES, _MROPE),
                "mllama": "its cross-attention image keys do not fit a copied static cache",
                "paligemma": "its prompt is one bidirectional block, which a cached prefix would cut"},
-    "score": {**dict.fromkeys(MROPE_FAMILIES, _MROPE),
-              "mllama": "each answer token needs its row of the cross-attention mask"},
-    "check": {**dict.fromkeys(MROPE_FAMILIES, _MROPE),
-              "mllama": "each question token needs its row of the cross-attention mask",
+    "score": {**_UNTESTED_MROPE, "mllama": "each answer token needs its row of the cross-attention mask"},
+    "check": {**_UNTESTED_MROPE, "mllama": "each question token needs its row of the cross-attention mask",
               "paligemma": "its processor places BOS and a newline around the prompt"},
 }
 FAST_NAMES = {"sample": "shared prompt KV cache", "score": "shared image+prompt prefix",

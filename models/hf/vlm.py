@@ -25,7 +25,7 @@ import torch
 from PIL import Image
 
 from ..base import Generation
-from ..family import Family, describe_path, detect_family, sliding_window
+from ..family import MROPE_FAMILIES, Family, describe_path, detect_family, sliding_window
 from ..runtime import empty_cache, quiet_transformers, resolve_device, resolve_dtype, synchronize
 from ..sampling import SeededSampler, row_uniforms
 from ..vocab import end_of_turn_id, stop_token_ids, yes_no_token_ids
@@ -204,7 +204,7 @@ class ImageTextModel:
         cache = head.past_key_values
         cache.batch_repeat_interleave(len(ids))
         body = self.model(input_ids=batch.to(self.device), attention_mask=mask.to(self.device),
-                          past_key_values=cache, use_cache=False)
+                          past_key_values=cache, use_cache=False, **self._after_image(prefix_len, batch.shape))
         results = []
         for i, row in enumerate(ids):
             n = len(row)
@@ -251,6 +251,18 @@ class ImageTextModel:
         self.model_seconds += time.perf_counter() - t0
         return results
 
+    def _after_image(self, prefix_len: int, shape: torch.Size) -> dict:
+        """Position ids for tokens that continue a cached image + prompt prefix. M-RoPE families
+        (Qwen-VL) give the text after an image 3-D positions shifted by how much the image's
+        grid positions fell short of its token count (``rope_deltas``, which the model keeps
+        from the prefix's forward); the others count positions themselves."""
+        if self.family.model_type not in MROPE_FAMILIES:
+            return {}
+        rows, width = shape
+        steps = torch.arange(prefix_len, prefix_len + width, device=self.device)
+        positions = steps[None, :] + self.model.model.rope_deltas.reshape(-1, 1)[:1]
+        return {"position_ids": positions[None].expand(3, rows, width)}
+
     # ----------------------------------------------------------------- yes/no checks
     def yes_no_ids(self) -> tuple[list[int], list[int]]:
         """The labeler tokenizer's ids of yes/Yes and no/No (``models.vocab``)."""
@@ -291,7 +303,8 @@ class ImageTextModel:
             # and the tails are short next to the prefix, so the extra rows cost little.
             last = torch.tensor([len(t) - 1 for t in tails], device=self.device)
             logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
-                                past_key_values=_repeated_cache(layers, len(tails)), use_cache=False).logits
+                                past_key_values=_repeated_cache(layers, len(tails)), use_cache=False,
+                                **self._after_image(prefix_len, ids.shape)).logits
             out.append(self._yes_no_probs(logits[torch.arange(len(tails), device=self.device), last], yes, no))
         synchronize(self.device)
         self.model_seconds += time.perf_counter() - t0

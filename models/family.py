@@ -84,7 +84,7 @@ def detect_family(path: str | Path, *, trust_remote_code: bool = False) -> Famil
     if is_original_llava(cfg):
         raise ModelConfigError(
             f"{path} is a LLaVA checkpoint in the original (liuhaotian) layout, which transformers "
-            f"cannot load; convert it once: {convert_command(path, cfg)}"
+            f"cannot load; convert it once: {convert_command(path)}"
         )
     model_type = cfg.get("model_type")
     if not model_type:

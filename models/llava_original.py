@@ -51,7 +51,8 @@ def is_original_llava(config: dict) -> bool:
     return "mm_vision_tower" in config or "mm_projector_type" in config
 
 
-def convert_command(src: str | Path, config: dict) -> str:
+def convert_command(src: str | Path) -> str:
+    """The command that converts the original-layout checkpoint at ``src`` next to itself."""
     dst = f"{str(src).rstrip('/')}-hf"
     tower = " --vision-tower CLIP_FOLDER" if not _has_tower_weights(Path(src)) else ""
     return f"dpo-engine convert {src} {dst}{tower}"

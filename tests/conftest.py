@@ -46,6 +46,33 @@ def shapes_rows(n: int, seed: int = 0, prefix: str = "r") -> list[dict]:
     return rows
 
 
+# CI sets this so that the ShapesWorld models train once for both suites (the main one and the
+# vllm one, which runs after it): a demo's work dir starts with the models found there, and
+# what it trains is left there. Unset, every demo test trains its own.
+DEMO_MODELS = os.environ.get("DPO_ENGINE_TEST_DEMO_MODELS")
+
+
+def reuse_demo_models(work: Path) -> None:
+    """Put the shared ShapesWorld models (if any) into ``work/models``; the demo keeps a role
+    that is already there and trains the others."""
+    if DEMO_MODELS and Path(DEMO_MODELS).is_dir():
+        for role in Path(DEMO_MODELS).iterdir():
+            if not (work / "models" / role.name).exists():
+                shutil.copytree(role, work / "models" / role.name)
+
+
+def share_demo_models(work: Path) -> None:
+    """Leave the models a demo trained in ``work/models`` for the demos that come after."""
+    if not DEMO_MODELS:
+        return
+    for role in (work / "models").iterdir():
+        target = Path(DEMO_MODELS) / role.name
+        if not target.exists():
+            staging = Path(DEMO_MODELS) / f".{role.name}.{os.getpid()}"
+            shutil.copytree(role, staging)
+            staging.rename(target)
+
+
 def write_parquet(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows), path)

@@ -10,7 +10,7 @@ import sqlite3
 import pytest
 from PIL import Image
 
-from conftest import cli
+from conftest import cli, reuse_demo_models, share_demo_models
 from dpo_engine.demo import world as w
 
 
@@ -97,14 +97,19 @@ def test_trained_checkpoints_load_through_the_normal_adapters(tmp_path):
 @pytest.fixture(scope="module")
 def demo_dpo(tmp_path_factory):
     work = tmp_path_factory.mktemp("demo") / "dpo"
-    return work, json.loads(cli("demo", work, "--records", "40", "--json").stdout.splitlines()[-1])
+    reuse_demo_models(work)
+    summary = json.loads(cli("demo", work, "--records", "40", "--json").stdout.splitlines()[-1])
+    share_demo_models(work)
+    return work, summary
 
 
 @pytest.mark.timeout(900)
 def test_demo_dnc_pairs_prefer_answers_with_fewer_false_claims(demo_dpo, tmp_path):
     work = tmp_path / "dnc"
     shutil.copytree(demo_dpo[0] / "models" / "instruct", work / "models" / "instruct")  # trained once
+    reuse_demo_models(work)
     summary = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--json").stdout.splitlines()[-1])
+    share_demo_models(work)
     quality = json.loads((work / "quality.json").read_text())["divide_and_conquer"]
     assert quality == summary["quality"]
     assert quality["pairs"] >= 30

@@ -21,7 +21,7 @@ from PIL import Image
 
 pytest.importorskip("vllm")
 
-from conftest import REPO, cli, run_args, shapes_rows, write_parquet  # noqa: E402
+from conftest import REPO, cli, reuse_demo_models, run_args, share_demo_models, shapes_rows, write_parquet  # noqa: E402
 from test_resume import done_count  # noqa: E402
 
 from dpo_engine.demo import world  # noqa: E402
@@ -102,7 +102,10 @@ def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tm
 @pytest.fixture(scope="module")
 def vllm_demo_dpo(tmp_path_factory):
     work = tmp_path_factory.mktemp("vllm-demo") / "dpo_reward"
-    return work, json.loads(cli("demo", work, "--backend", "vllm", "--json").stdout.splitlines()[-1])
+    reuse_demo_models(work)
+    summary = json.loads(cli("demo", work, "--backend", "vllm", "--json").stdout.splitlines()[-1])
+    share_demo_models(work)
+    return work, summary
 
 
 def _reaches_the_bar(quality: dict) -> None:
@@ -119,6 +122,7 @@ def test_the_dpo_reward_demo_on_vllm_reaches_the_quality_bar(vllm_demo_dpo):
 def test_the_divide_and_conquer_demo_on_vllm_reaches_the_quality_bar(vllm_demo_dpo, tmp_path):
     work = tmp_path / "divide_and_conquer"
     shutil.copytree(vllm_demo_dpo[0] / "models" / "instruct", work / "models" / "instruct")  # trained once
+    reuse_demo_models(work)
     out = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--backend", "vllm",
                          "--json").stdout.splitlines()[-1])
     _reaches_the_bar(out["quality"])

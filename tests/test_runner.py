@@ -4,9 +4,20 @@ from conftest import shapes_rows, write_parquet
 from dpo_engine.config import RunConfig
 from dpo_engine.dataset import open_dataset
 from dpo_engine.ingest import ingest
+from dpo_engine.observer import Silent
 from dpo_engine.runner import Runner
 from dpo_engine.stage import Outputs, SampleRow
 from dpo_engine.store import Store
+
+
+class NoteTaker(Silent):
+    """An observer that keeps the notes a run writes."""
+
+    def __init__(self):
+        self.lines = []
+
+    def note(self, text, level="info"):
+        self.lines.append((text, level))
 
 
 class FragileStage:
@@ -41,8 +52,13 @@ def test_a_failing_record_fails_alone_and_is_retried_next_run(tmp_path):
     ingest(store, open_dataset(write_parquet(tmp_path / "d.parquet", shapes_rows(6))))
     config = RunConfig("dpo_reward", "d", str(tmp_path), {"instruct": "i", "reward": "r"})
     stage = FragileStage(broken=2)
-    (report,) = Runner(store, [stage], config).run()
+    notes = NoteTaker()
+    (report,) = Runner(store, [stage], config, notes).run()
     assert (report.computed, report.failed) == (5, 1)
+    # the batch that failed whole is said once, with its error, and counted
+    assert report.split_batches == 1
+    assert notes.lines == [("sample: a batch of 4 records failed (RuntimeError: cannot handle record 2); "
+                            "they ran one at a time", "warning")]
     assert "cannot handle record 2" in report.errors[0]
     assert stage.calls[:5] == [[0, 1, 2, 3], [0], [1], [2], [3]]
     assert store.count("sample") == 5

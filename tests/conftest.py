@@ -79,9 +79,9 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a subprocess."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+def cli(*args: str, check: bool = True, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess (``env``: variables to set for it)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
     proc = subprocess.run([sys.executable, "-m", "dpo_engine", *map(str, args)], capture_output=True,
                           text=True, env=env, cwd=kw.pop("cwd", REPO), **kw)
     if check and proc.returncode != 0:

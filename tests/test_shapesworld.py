@@ -94,27 +94,50 @@ def test_trained_checkpoints_load_through_the_normal_adapters(tmp_path):
     assert oracle_facts(w.yes_no_question("red circle"), "no.") == ["there is no red circle in the image ."]
 
 
-@pytest.fixture(scope="module")
-def demo_dpo(tmp_path_factory):
-    work = tmp_path_factory.mktemp("demo") / "dpo"
-    reuse_demo_models(work)
-    summary = json.loads(cli("demo", work, "--records", "40", "--json").stdout.splitlines()[-1])
-    share_demo_models(work)
-    return work, summary
+# The demo's models train for thousands of steps, and floating-point paths differ between
+# CPUs, so each kernel path trains different models and makes a different dataset; the quality
+# must hold on every one. "native" is the machine's own path, "default" torch's plain kernels.
+KERNEL_PATHS = ("native", "default")
+PIPELINES = ("dpo_reward", "divide_and_conquer")
+# Pair accuracy on every path, with a margin under the lowest we measured (README: dpo_reward
+# 0.918-0.971, divide_and_conquer 0.80-0.91 on plain and AVX2 kernels, other machines 0.86-0.96).
+FLOOR = {"dpo_reward": 0.88, "divide_and_conquer": 0.78}
 
 
-@pytest.mark.timeout(900)
-def test_demo_dnc_pairs_prefer_answers_with_fewer_false_claims(demo_dpo, tmp_path):
-    work = tmp_path / "dnc"
-    shutil.copytree(demo_dpo[0] / "models" / "instruct", work / "models" / "instruct")  # trained once
-    reuse_demo_models(work)
-    summary = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--json").stdout.splitlines()[-1])
-    share_demo_models(work)
-    quality = json.loads((work / "quality.json").read_text())["divide_and_conquer"]
+@pytest.fixture(scope="module", params=KERNEL_PATHS)
+def demos(request, tmp_path_factory) -> dict[str, tuple]:
+    """The README's demo, both pipelines, on one kernel path: {pipeline: (work dir, summary)}."""
+    path = request.param
+    env = {"ATEN_CPU_CAPABILITY": path} if path != "native" else {}
+    root = tmp_path_factory.mktemp(f"demo-{path}")
+    runs = {}
+    for pipeline in PIPELINES:
+        work = root / pipeline
+        if pipeline != PIPELINES[0]:  # the instruct model trains once per path
+            shutil.copytree(root / PIPELINES[0] / "models" / "instruct", work / "models" / "instruct")
+        if path == "native":
+            reuse_demo_models(work)
+        out = cli("demo", work, "--pipeline", pipeline, "--json", env=env)
+        runs[pipeline] = work, json.loads(out.stdout.splitlines()[-1])
+        if path == "native":
+            share_demo_models(work)
+    return runs
+
+
+@pytest.mark.timeout(1200)
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_demo_quality_holds_on_every_kernel_path(demos, pipeline):
+    work, summary = demos[pipeline]
+    quality = json.loads((work / "quality.json").read_text())[pipeline]
     assert quality == summary["quality"]
-    assert quality["pairs"] >= 30
-    assert quality["pair_accuracy"] >= 0.85
-    assert quality["pair_accuracy"] >= quality["random_baseline"] + 0.2
+    assert quality["pairs"] >= 40
+    assert quality["pair_accuracy"] >= FLOOR[pipeline], quality
+    assert quality["pair_accuracy"] >= quality["random_baseline"] + 0.5, quality
+
+
+@pytest.mark.timeout(1200)
+def test_demo_dnc_checks_every_claim_of_every_record(demos):
+    work = demos["divide_and_conquer"][0]
     con = sqlite3.connect(work / "engine.db")
     checked = con.execute("SELECT COUNT(*), SUM(p_yes > p_no) FROM judgment").fetchone()
     assert checked[0] > 600 and 0 < checked[1] < checked[0]  # both verdicts occur
@@ -122,14 +145,9 @@ def test_demo_dnc_pairs_prefer_answers_with_fewer_false_claims(demo_dpo, tmp_pat
     assert all(s["done"] == 60 for s in status["stages"])
 
 
-@pytest.mark.timeout(900)
-def test_demo_pairs_prefer_faithful_answers(demo_dpo):
-    work, summary = demo_dpo
-    quality = json.loads((work / "quality.json").read_text())["dpo_reward"]
-    assert quality == summary["quality"]
-    assert quality["pairs"] >= 20
-    assert quality["pair_accuracy"] >= 0.75
-    assert quality["pair_accuracy"] >= quality["random_baseline"] + 0.2
+@pytest.mark.timeout(1200)
+def test_demo_samples_are_english_about_shapes_and_mixed(demos):
+    work = demos["dpo_reward"][0]
     con = sqlite3.connect(work / "engine.db")
     texts = [t for (t,) in con.execute("SELECT text FROM sample")]
     truths = dict(con.execute("SELECT rid, json_extract(extra, '$.truth') FROM record"))

@@ -99,11 +99,17 @@ def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tm
     assert backends["pair"] is None
 
 
+# Half the README's demo: vLLM on a CPU is the slow part here, and the models are the main
+# suite's (see conftest); benchmarks/quality.py --backend vllm measures the full demo.
+VLLM_DEMO_RECORDS = "30"
+
+
 @pytest.fixture(scope="module")
 def vllm_demo_dpo(tmp_path_factory):
     work = tmp_path_factory.mktemp("vllm-demo") / "dpo_reward"
     reuse_demo_models(work)
-    summary = json.loads(cli("demo", work, "--backend", "vllm", "--json").stdout.splitlines()[-1])
+    summary = json.loads(cli("demo", work, "--backend", "vllm", "--records", VLLM_DEMO_RECORDS,
+                             "--json").stdout.splitlines()[-1])
     share_demo_models(work)
     return work, summary
 
@@ -123,6 +129,6 @@ def test_the_divide_and_conquer_demo_on_vllm_reaches_the_quality_bar(vllm_demo_d
     work = tmp_path / "divide_and_conquer"
     shutil.copytree(vllm_demo_dpo[0] / "models" / "instruct", work / "models" / "instruct")  # trained once
     reuse_demo_models(work)
-    out = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--backend", "vllm",
-                         "--json").stdout.splitlines()[-1])
+    out = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--backend", "vllm", "--records",
+                         VLLM_DEMO_RECORDS, "--json").stdout.splitlines()[-1])
     _reaches_the_bar(out["quality"])

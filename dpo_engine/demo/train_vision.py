@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from dpo_engine.demo import world as world
-from dpo_engine.demo.train_common import _instruct_answer, _pad, _save, _train, fact_truth, oracle_facts, \
+from dpo_engine.demo.train_common import _instruct_answer, _pad, _save, _train, _train_until, fact_truth, oracle_facts, \
     oracle_question
 
 from dpo_engine.models.tiny import CHAT_TEMPLATE, build_tokenizer
@@ -23,6 +23,9 @@ HALLUCINATION_SHARE = 0.5
 # never has to bind a shape seen in one patch to a colour seen in another. With 16-pixel
 # patches the labeler stayed near chance on yes/no checks (0.60-0.70 held out); with 32, 0.92.
 PATCH = world.SIZE // 2
+# The labeler trains until its share of right answers on checks it never saw reaches this
+# (with a cap on extra steps; see _train_until).
+LABELER_TARGET = 0.975
 
 
 # ------------------------------------------------------------------------------ building blocks
@@ -133,6 +136,33 @@ def _mixed_question(rng: random.Random) -> Callable[[world.Scene], str]:
     return lambda scene: world.questions_for(scene, rng, yes_no_share=0.25)
 
 
+# ------------------------------------------------------------------------------ held-out checks
+def _last_logits(model, prompts: list[list[int]], pixels, pad_id: int) -> torch.Tensor:
+    """Next-token logits after each prompt (right-padded, so each row's own last position)."""
+    ids, mask, _ = _pad(prompts, prompts, pad_id)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask, pixel_values=pixels).logits
+    return logits[torch.arange(len(prompts)), mask.sum(1) - 1].float()
+
+
+def labeler_accuracy(model, processor, seed: int, n: int = 240) -> float:
+    """Share of held-out checks (asked as a run asks them) that the labeler gets right."""
+    rng = random.Random(seed + 1000)
+    tok = processor.tokenizer
+    data = _VlmData(processor, rng, n, lambda scene: "")
+    yes, no = (tok(a, add_special_tokens=False)["input_ids"][0] for a in ("yes", "no"))
+    right = 0
+    model.eval()
+    for start in range(0, n, 60):
+        items = list(range(start, min(n, start + 60)))
+        checks = [_run_checks(data.scenes[i], rng) for i in items]
+        logits = _last_logits(model, [_prompt_ids(processor, q) for q, _ in checks], data.pixels[items],
+                              tok.pad_token_id)
+        said_yes = (logits[:, yes] > logits[:, no]).tolist()
+        right += sum(s == (a == "yes") for s, (_, a) in zip(said_yes, checks))
+    return right / n
+
+
 # ------------------------------------------------------------------------------ the roles
 def train_instruct(out: Path, seed: int, log, steps: int = 500, pool: int = 2500,
                    pretrain_steps: int = 300) -> Path:
@@ -238,7 +268,7 @@ def _prompt_ids(processor, question: str) -> list[int]:
 
 
 def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 800, pool: int = 2000,
-                  images: int = 16, per_image: int = 6) -> Path:
+                  images: int = 16, per_image: int = 6, extra_steps: int = 400) -> Path:
     """From ``instruct``; a curriculum: presence checks first, then checks as a run asks them.
 
     Every step draws fresh questions (a fixed question per image is memorised, not learnt):
@@ -279,7 +309,8 @@ def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 800, p
         mask = torch.cat([torch.ones((len(ids), shared), dtype=torch.long), mask], dim=1)
         return model(input_ids=input_ids, attention_mask=mask, past_key_values=cache, labels=label_t).loss
 
-    _train(model, steps, 5e-4, loss, log, "labeler")
+    _train_until(model, steps, 5e-4, loss, log, "labeler", lambda: labeler_accuracy(model, processor, seed),
+                 target=LABELER_TARGET, extra=extra_steps)
     return _save(model, processor, out, "labeler", seed, log)
 
 

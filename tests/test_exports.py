@@ -66,7 +66,7 @@ def features_of(path) -> dict:
 
 def test_formats_are_found_one_per_module():
     found = formats()
-    assert list(found)[:2] == ["rlaif-v", "trl"]
+    assert {"rlaif-v", "rlaif-v-logps", "trl", "llama-factory", "ms-swift"} <= set(found)
     assert all(name == fmt.name for name, fmt in found.items())
     assert "claims" not in found  # a column set, not a format
 
@@ -132,7 +132,7 @@ def test_unknown_format_says_which_exist(tmp_path):
     with pytest.raises(DpoEngineError) as err:
         export(store, tmp_path / "out.parquet", "nope")
     assert err.value.message == "unknown export format 'nope'"
-    assert err.value.hint.startswith("use one of rlaif-v, trl")
+    assert err.value.hint.startswith("use one of llama-factory, ms-swift, rlaif-v, rlaif-v-logps, trl")
     assert not (tmp_path / "out.parquet").exists()
 
 
@@ -219,3 +219,38 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_llama_factory_and_ms_swift_load_through_datasets_with_images(tmp_path):
+    import datasets
+    from PIL import Image
+
+    store = make_store(tmp_path)
+    lf = datasets.load_dataset("parquet", data_files=str(export(store, tmp_path / "lf.parquet", "llama-factory").path),
+                               split="train")
+    assert lf.column_names == ["conversations", "chosen", "rejected", "images", "idx"]
+    row = lf[0]  # record 5: chosen answer 1, rejected answer 2
+    assert row["conversations"] == [{"from": "human", "value": "<image>Describe the image."}]
+    assert row["chosen"]["from"] == "gpt" and row["chosen"]["value"].startswith("answer 5 1")
+    assert row["rejected"]["value"].startswith("answer 5 2")
+    assert isinstance(row["images"][0], Image.Image) and row["idx"] == "r5"
+    swift = datasets.load_dataset("parquet", data_files=str(export(store, tmp_path / "sw.parquet", "ms-swift").path),
+                                  split="train")
+    row = swift[0]
+    assert [m["role"] for m in row["messages"]] == ["user", "assistant"]
+    assert row["messages"][0]["content"] == "<image>Describe the image."
+    assert row["messages"][1]["content"].startswith("answer 5 1") and row["rejected_response"].startswith("answer 5 2")
+    assert isinstance(row["images"][0], Image.Image) and len(swift) == 12
+
+
+def test_rlaif_v_logps_holds_the_six_values_or_refuses_a_pair_without_them(tmp_path):
+    store = make_store(tmp_path)  # pairs use answers 0-3; answer 3 has no instruct log-probs
+    with pytest.raises(DpoEngineError, match="without the instruct model's log-probs"):
+        export(store, tmp_path / "out.parquet", "rlaif-v-logps")
+    assert not list(tmp_path.glob("*out.parquet*"))  # nothing left behind
+    store.commit_run_stage("filter", "f2", ("all", "h"), [(rid, 1) for rid in range(6)], 0.0)  # answers 1, 2
+    rows = pq.read_table(export(store, tmp_path / "out.parquet", "rlaif-v-logps").path).to_pylist()
+    assert len(rows) == 6 and list(rows[0])[:6] == RLAIF_COLUMNS
+    chosen_logp, chosen_avg, chosen_tokens, rejected_logp, rejected_avg, rejected_tokens = json.loads(rows[0]["logps"])
+    assert (chosen_logp, chosen_avg, chosen_tokens) == (-2.5, -0.75, [-0.5, -2.0])
+    assert (rejected_logp, rejected_avg, rejected_tokens) == (-3.5, -0.75, [-0.5, -3.0])

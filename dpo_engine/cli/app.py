@@ -304,7 +304,9 @@ def status(
 def export(
     work_dir: Path = typer.Argument(..., help="A work dir used by `dpo-engine run`."),
     fmt: str = typer.Option("rlaif-v", "--format",
-                            help="rlaif-v (the reference's parquet) or trl (TRL DPOTrainer, vision)."),
+                            help="rlaif-v (the reference's parquet; logps where the store has them), "
+                                 "rlaif-v-logps (logps required on every pair), trl (TRL DPOTrainer, "
+                                 "vision), llama-factory (ShareGPT ranking data), ms-swift (RLHF rows)."),
     out: Path = typer.Option(..., "--out", help="Parquet file to write."),
     debug: Debug = False,
 ):

@@ -23,6 +23,7 @@ from .observer import Observer, Silent
 from .store import DB_NAME, StatusSnapshot, Store
 
 if TYPE_CHECKING:
+    from .training import TrainReport, TrainSettings
     from .executors import Executor
     from .exports import ExportReport
     from .pipelines import Pipeline
@@ -432,6 +433,33 @@ def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int
         store.close()
     (work / "quality.json").write_text(json.dumps({pipeline: report}, indent=2) + "\n")
     return DemoResult(summary, report, examples, models_dir, dataset, roles)
+
+
+def train_run(source: str | Path, out: str | Path, *, model: str | Path | None = None,
+              settings: TrainSettings | None = None, trust_remote_code: bool = False,
+              log=lambda line: None) -> TrainReport:
+    """DPO-train an instruct model (TRL) on a run's pairs: ``source`` is a work dir (its pairs
+    are exported in TRL's format to ``OUT/pairs.trl.parquet``; the model defaults to the run's
+    instruct model) or a TRL-format parquet file."""
+    from .training import DONE, TrainSettings, train_dpo
+
+    source, out = Path(source), Path(out)
+    if source.is_dir():
+        store = Store.in_work_dir(source, create=False)
+        try:
+            info = store.run_info()
+        finally:
+            store.close()
+        if model is None and info is not None:
+            model = info.settings.get("models", {}).get("instruct")
+        pairs = out / "pairs.trl.parquet"
+        if not (out / DONE).is_file():
+            export_run(source, pairs, "trl")
+    else:
+        pairs = source
+    if model is None:
+        raise ConfigError("no model to train", "pass --model PATH (the instruct model the pairs were sampled from)")
+    return train_dpo(pairs, model, out, settings or TrainSettings(), trust_remote_code=trust_remote_code, log=log)
 
 
 def pipeline_names() -> list[str]:

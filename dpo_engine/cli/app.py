@@ -390,5 +390,47 @@ def demo(
         print(json.dumps({**result.summary.to_dict(), "quality": result.quality}))
 
 
+@app.command()
+@handle_errors
+def train(
+    source: Path = typer.Argument(..., help="A work dir of a finished run (its pairs are exported in TRL's "
+                                  "format first) or a TRL-format parquet (`export --format trl`)."),
+    out: Path = typer.Option(..., "--out", help="Folder for the trained model; `run --instruct-model OUT` "
+                             "loads it. TRL's checkpoints go to OUT/checkpoints and a rerun resumes from them."),
+    model: Optional[Path] = typer.Option(None, "--model", help="The model to train (default: the run's "
+                                         "instruct model)."),
+    beta: float = typer.Option(0.1, "--beta", help="DPO beta."),
+    lr: float = typer.Option(5e-7, "--lr", help="Learning rate (the reference: 5e-7)."),
+    epochs: float = typer.Option(4.0, "--epochs", help="Passes over the pairs (the reference: 4)."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per device per step."),
+    grad_accum: int = typer.Option(1, "--grad-accum", help="Steps whose gradients add up to one update."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many updates (overrides --epochs)."),
+    lora_rank: int = typer.Option(0, "--lora-rank", help="Train LoRA adapters of this rank (0: all weights); "
+                                  "they are merged into the saved model."),
+    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many updates."),
+    seed: int = typer.Option(0, "--seed", help="Seeds TRL's shuffling and initialisation."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with "
+                                           "the checkpoint."),
+    debug: Debug = False,
+):
+    """DPO-train the instruct model on a run's pairs with TRL (pip install 'dpo-engine[train]')."""
+    from ..training import TrainSettings
+
+    settings = TrainSettings(beta=beta, learning_rate=lr, epochs=epochs, batch_size=batch_size,
+                             grad_accum=grad_accum, max_steps=max_steps, lora_rank=lora_rank,
+                             save_steps=save_steps, seed=seed, device=device)
+    console = Console()
+    report = engine.train_run(source, out, model=model, settings=settings, trust_remote_code=trust_remote_code,
+                              log=lambda line: console.print(line, markup=False, highlight=False))
+    if report.already_done:
+        console.print(f"{out} already holds this model ({report.pairs} pairs, {report.steps} steps)",
+                      markup=False, highlight=False)
+        return
+    console.print(f"trained on {report.pairs} pairs, {report.steps} steps in {report.seconds:.0f}s: "
+                  f"{report.out}\nnext:    dpo-engine run --instruct-model {report.out} ...",
+                  markup=False, highlight=False)
+
+
 def main() -> None:
     app(prog_name="dpo-engine")

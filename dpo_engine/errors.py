@@ -53,6 +53,15 @@ class RunInterrupted(DpoEngineError):
     exit_code = 130
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP (a scheduler, ``kill``, a closed terminal), handled like Ctrl-C:
+    the run stops, what is committed stays, and the exit code is 128 + the signal number."""
+
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
 class WorkDirBusy(DpoEngineError):
     """Another run is live on this work dir."""
 

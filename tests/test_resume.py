@@ -117,3 +117,30 @@ def test_same_seed_same_bytes_other_seed_other_samples(tiny_models, demo_parquet
     assert out[0] == out[1] and out[0] != out[2]
     assert (tmp_path / "a/dataset/dpo_dataset.parquet").read_bytes() == \
         (tmp_path / "b/dataset/dpo_dataset.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("sig, code", [(signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_sigterm_and_sighup_stop_the_run_like_ctrl_c(tiny_models, demo_parquet, tmp_path, sig, code):
+    args = run_args(tiny_models, demo_parquet, tmp_path / "W", "--batch-size", "1")
+    db = tmp_path / "W" / "engine.db"
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *map(str, args)], cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while done_count(db, "sample") < 2:
+            assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the signal"
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == code, err
+    assert f"stopped by {sig.name}" in err and "rerun the same command" in err and "Traceback" not in err
+    con = sqlite3.connect(db)
+    assert con.execute("SELECT state FROM process").fetchone()[0] == "stopped"
+    done = con.execute("SELECT COUNT(*) FROM stage_state WHERE stage = 'sample' AND status = 'done'").fetchone()[0]
+    con.close()
+    again = summary(cli(*args, "--json"))
+    assert {s["name"]: s for s in again["stages"]}["sample"]["reused"] == done >= 2

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import signal
 import sys
+import threading
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -14,7 +17,7 @@ from rich.markup import escape
 
 from .. import __version__, engine
 from ..config import RunConfig
-from ..errors import ConfigError
+from ..errors import ConfigError, Terminated
 from ..store import DB_NAME
 from .output import print_status, report_error, status_json
 
@@ -49,13 +52,31 @@ def handle_errors(func):
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
-            return func(*args, **kwargs)
+            with terminate_like_ctrl_c():
+                return func(*args, **kwargs)
         except typer.Exit:
             raise
         except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - the last line of defence
             raise typer.Exit(report_error(exc, err_console, kwargs.get("debug", False))) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def terminate_like_ctrl_c():
+    """While a command runs, SIGTERM and SIGHUP stop it as Ctrl-C does (``Terminated``)."""
+    def stop(signum, frame):
+        raise Terminated(signum)
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
 
 
 def _version(value: bool):

@@ -7,6 +7,7 @@ Kept apart from the Typer app so that ``status`` can print without building it (
 from __future__ import annotations
 
 import json
+import signal
 import time
 import traceback
 from dataclasses import asdict
@@ -15,11 +16,16 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from ..errors import DpoEngineError
+from ..errors import DpoEngineError, Terminated
 
 
 def report_error(exc: BaseException, console: Console, debug: bool = False) -> int:
     """Print an error as one line (a traceback too with ``--debug``); return the exit code."""
+    if isinstance(exc, Terminated):
+        name = signal.Signals(exc.signum).name
+        console.print(f"[yellow]stopped by {name}:[/] finished batches are saved; rerun the same "
+                      "command to continue", highlight=False)
+        return 128 + exc.signum
     if isinstance(exc, KeyboardInterrupt):
         console.print("[yellow]interrupted:[/] finished batches are saved; rerun the same "
                       "command to continue", highlight=False)

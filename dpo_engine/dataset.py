@@ -167,8 +167,8 @@ def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images:
         errors.append(image_error)
     elif image_bytes is None and image_path:
         resolved = _resolve_path(image_path, base_dir)
-        if resolved is None:
-            errors.append(f"image_path {image_path!r} does not exist")
+        if not resolved.is_file():
+            errors.append(f"image_path {image_path!r} does not exist ({resolved.absolute()})")
         else:
             stat = resolved.stat()
             hash_parts.append(f"{stat.st_size}")
@@ -216,11 +216,10 @@ def _image_of(row: dict) -> tuple[bytes | None, str | None, str | None]:
     return None, path, f"image must be bytes, base64 text or {{bytes, path}}, got {type(img).__name__}"
 
 
-def _resolve_path(image_path: str, base_dir: Path) -> Path | None:
-    for candidate in (Path(image_path), base_dir / image_path):
-        if candidate.is_file():
-            return candidate
-    return None
+def _resolve_path(image_path: str, base_dir: Path) -> Path:
+    """An absolute path as it is; a relative one against the dataset's folder, never the
+    current directory (a run started elsewhere must read the same images)."""
+    return Path(image_path) if Path(image_path).is_absolute() else base_dir / image_path
 
 
 def image_problem(data: bytes) -> str | None:

@@ -15,6 +15,13 @@ import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ["COLUMNS"] = "200"  # the CLI's consoles, in this process and in subprocesses
+# The suite runs on pytest-xdist workers (pyproject: -n auto). Each worker, and every process it
+# starts, gets an equal share of the cores: torch processes that each take every core thrash
+# (two such on two cores ran about 4x slower than one).
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0)) // _WORKERS)))
 
 from dpo_engine.demo import world as shapesworld  # noqa: E402
 
@@ -79,14 +86,43 @@ def write_parquet(path: Path, rows: list[dict]) -> Path:
     return path
 
 
-def cli(*args: str, check: bool = True, env: dict | None = None, **kw) -> subprocess.CompletedProcess:
-    """Run the real console entry point in a subprocess (``env``: variables to set for it)."""
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
-    proc = subprocess.run([sys.executable, "-m", "dpo_engine", *map(str, args)], capture_output=True,
-                          text=True, env=env, cwd=kw.pop("cwd", REPO), **kw)
+def cli(*args: str, check: bool = True, env: dict | None = None, process: bool = False,
+        **kw) -> subprocess.CompletedProcess:
+    """Run the real console entry point (``dpo_engine.cli.main``) on ``args``.
+
+    In this process by default: the same code, without a fresh interpreter's imports (torch and
+    transformers take about 10 s on the 2-core build machine, most of a small run). In a
+    subprocess of its own when ``process`` is set or ``env`` (variables to set) or other
+    ``subprocess.run`` arguments are given."""
+    argv = [str(a) for a in args]
+    if process or env or kw:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", **(env or {})}
+        proc = subprocess.run([sys.executable, "-m", "dpo_engine", *argv], capture_output=True,
+                              text=True, env=env, cwd=kw.pop("cwd", REPO), **kw)
+    else:
+        proc = _in_process(argv)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
     return proc
+
+
+def _in_process(argv: list[str]) -> subprocess.CompletedProcess:
+    import contextlib
+    import io
+
+    from dpo_engine.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_argv, sys.argv = sys.argv, ["dpo-engine", *argv]
+    code = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    finally:
+        sys.argv = saved_argv
+    return subprocess.CompletedProcess(["dpo-engine", *argv], code, out.getvalue(), err.getvalue())
 
 
 def run_args(models: dict, dataset: Path, work: Path, *extra: str) -> list[str]:
@@ -108,15 +144,26 @@ def copy_models(tiny_models, tmp_path):
 @pytest.fixture(scope="session")
 def world_models(tmp_path_factory) -> dict[str, Path]:
     """Briefly trained ShapesWorld models for the divide_and_conquer roles: their answers and
-    facts are often wrong, but the text models already write ``- `` lists."""
+    facts are often wrong, but the text models already write ``- `` lists. Trained once for
+    the whole run: the first xdist worker that needs them trains, the others wait and reuse."""
+    from filelock import FileLock
+
     from dpo_engine.demo.trainers import train_instruct, train_labeler, train_text_roles
 
-    root = tmp_path_factory.mktemp("world")
-    quiet = lambda line: None  # noqa: E731
-    instruct = train_instruct(root / "instruct", seed=0, log=quiet, steps=80, pool=200, pretrain_steps=60)
-    labeler = train_labeler(instruct, root / "labeler", seed=0, log=quiet, steps=20, pool=64)
-    split, question = train_text_roles(root / "split", root / "question", seed=0, log=quiet, steps=200)
-    return {"instruct": instruct, "labeler": labeler, "split": split, "question": question}
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the folder every worker's own temp folder is in
+    root = shared / "world-models"
+    paths = {role: root / role for role in ("instruct", "labeler", "split", "question")}
+    with FileLock(str(shared / "world-models.lock")):
+        if not (root / "done").exists():
+            quiet = lambda line: None  # noqa: E731
+            train_instruct(paths["instruct"], seed=0, log=quiet, steps=80, pool=200, pretrain_steps=60)
+            train_labeler(paths["instruct"], paths["labeler"], seed=0, log=quiet, steps=20, pool=64,
+                          extra_steps=0)
+            train_text_roles(paths["split"], paths["question"], seed=0, log=quiet, steps=200)
+            (root / "done").touch()
+    return paths
 
 
 def dnc_args(models: dict, dataset: Path, work: Path, *extra: str) -> list[str]:
@@ -124,3 +171,10 @@ def dnc_args(models: dict, dataset: Path, work: Path, *extra: str) -> list[str]:
             "--instruct-model", str(models["instruct"]), "--labeler-model", str(models["labeler"]),
             "--split-model", str(models["split"]), "--question-model", str(models["question"]),
             "--work-dir", str(work), "--sample-k", "4", "--max-new-tokens", "24", *extra]
+
+
+def pytest_collection_modifyitems(config, items):
+    """pytest-xdist (``--dist loadfile``) hands out whole test modules in this order: the long
+    ShapesWorld demo modules (marked ``demo``) go first, so that they start at once, each on a
+    worker of its own, and the short modules fill the time beside them."""
+    items.sort(key=lambda item: item.get_closest_marker("demo") is None)

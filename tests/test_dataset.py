@@ -86,3 +86,22 @@ def test_validate_reports_duplicates_and_counts(tmp_path):
     report = validate_dataset(write_parquet(tmp_path / "d.parquet", rows), lines.append)
     assert (report.total, report.valid, report.invalid) == (4, 3, 1)
     assert len(lines) == 1 and "duplicate idx 'r1' (first at row 1)" in lines[0]
+
+
+def test_relative_image_paths_are_read_next_to_the_dataset_not_in_the_cwd(tmp_path, monkeypatch):
+    rows = shapes_rows(2)
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    (tmp_path / "data" / "img" / "a.png").write_bytes(rows[0]["image"]["bytes"])
+    (tmp_path / "cwd" / "img").mkdir(parents=True)
+    (tmp_path / "cwd" / "img" / "a.png").write_bytes(rows[1]["image"]["bytes"])  # another image, same name
+    (tmp_path / "cwd" / "img" / "only-here.png").write_bytes(rows[1]["image"]["bytes"])
+    dataset = tmp_path / "data" / "d.jsonl"
+    dataset.write_text(json.dumps({"idx": "a", "question": "q", "image_path": "img/a.png"}) + "\n"
+                       + json.dumps({"idx": "b", "question": "q", "image_path": "img/only-here.png"}) + "\n")
+    monkeypatch.chdir(tmp_path / "cwd")
+    a, b = records(dataset)
+    assert a.error is None and a.image == rows[0]["image"]["bytes"]  # the dataset's folder wins
+    assert b.image is None and str(tmp_path / "data" / "img" / "only-here.png") in b.error  # not the CWD's
+    report_lines = []
+    validate_dataset(dataset, on_bad=report_lines.append)
+    assert any(str(tmp_path / "data" / "img" / "only-here.png") in line for line in report_lines)

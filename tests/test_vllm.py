@@ -70,7 +70,7 @@ def test_vllm_answers_are_seeded_per_record_and_answer(both):
 def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tmp_path):
     data = write_parquet(tmp_path / "d.parquet", shapes_rows(8))
     extra = ("--backend", "vllm", "--batch-size", "1", "--max-new-tokens", "32", "--device", "cpu")
-    cli(*run_args(tiny_models, data, tmp_path / "A", *extra))
+    cli(*run_args(tiny_models, data, tmp_path / "A", *extra), process=True)  # an engine of its own
     args = run_args(tiny_models, data, tmp_path / "B", *extra)
     db = tmp_path / "B" / "engine.db"
     proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *args], cwd=REPO, start_new_session=True,
@@ -88,7 +88,7 @@ def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tm
             os.killpg(proc.pid, signal.SIGKILL)
     killed_at = done_count(db, "sample")
     assert 2 <= killed_at < 8
-    out = json.loads(cli(*args, "--json").stdout.splitlines()[-1])
+    out = json.loads(cli(*args, "--json", process=True).stdout.splitlines()[-1])
     stages = {s["name"]: s for s in out["stages"]}
     assert stages["sample"]["reused"] == killed_at and stages["sample"]["computed"] == 8 - killed_at
     assert (tmp_path / "A/dataset/dpo_dataset.parquet").read_bytes() == \
@@ -109,7 +109,7 @@ def vllm_demo_dpo(tmp_path_factory):
     work = tmp_path_factory.mktemp("vllm-demo") / "dpo_reward"
     reuse_demo_models(work)
     summary = json.loads(cli("demo", work, "--backend", "vllm", "--records", VLLM_DEMO_RECORDS,
-                             "--json").stdout.splitlines()[-1])
+                             "--json", process=True).stdout.splitlines()[-1])
     share_demo_models(work)
     return work, summary
 
@@ -136,5 +136,5 @@ def test_the_divide_and_conquer_demo_on_vllm_reaches_the_quality_bar(vllm_demo_d
     shutil.copytree(vllm_demo_dpo[0] / "models" / "instruct", work / "models" / "instruct")  # trained once
     reuse_demo_models(work)
     out = json.loads(cli("demo", work, "--pipeline", "divide_and_conquer", "--backend", "vllm", "--records",
-                         VLLM_DEMO_RECORDS, "--json").stdout.splitlines()[-1])
+                         VLLM_DEMO_RECORDS, "--json", process=True).stdout.splitlines()[-1])
     _reaches_the_bar(out["quality"], "divide_and_conquer")

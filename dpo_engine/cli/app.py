@@ -390,8 +390,8 @@ def demo(
 ):
     """Run a pipeline in ShapesWorld, a miniature world whose truth is known, and report quality.
 
-    Trains small ShapesWorld models offline (on a 2-core CPU about 1.5 minutes for dpo_reward,
-    2.5 for divide_and_conquer; once per WORK_DIR) into WORK_DIR/models/ROLE/, draws a dataset of coloured-shape images to
+    Trains small ShapesWorld models offline (on a 2-core CPU about 3 minutes for dpo_reward,
+    5 for divide_and_conquer; once per WORK_DIR) into WORK_DIR/models/ROLE/, draws a dataset of coloured-shape images to
     WORK_DIR/data/demo.parquet, runs the pipeline with WORK_DIR as its work dir and writes how
     often the chosen answer hallucinates less than the rejected one to WORK_DIR/quality.json."""
     from .render import RichObserver, print_quality, print_summary

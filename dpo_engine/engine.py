@@ -251,7 +251,7 @@ def _claim(work: Path, models: dict[str, str], *, restart: bool) -> Store:
             raise busy(info)  # --restart would delete a live run's store
         for suffix in ("", "-wal", "-shm"):
             (work / (DB_NAME + suffix)).unlink(missing_ok=True)
-    store = Store.in_work_dir(work)
+    store = Store.in_work_dir(work, check=(work / DB_NAME).exists())  # a damaged store is refused here
     pid, host = identity()
     live = store.process_started(pid, host, models, refuse=_live)
     if live is not None:
@@ -336,7 +336,7 @@ def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> E
     from .exports import copy_export, export, settings_hash_of
     from .pipelines import get_pipeline
 
-    store = Store.in_work_dir(work_dir, create=False)
+    store = Store.in_work_dir(work_dir, create=False, readonly=True, check=True)
     try:
         info = store.run_info()
         if info is None:
@@ -367,7 +367,7 @@ def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> E
 
 def read_status(work_dir: str | Path) -> StatusSnapshot:
     """Each stage's done/pending/failed counts and throughput; safe while a run writes."""
-    store = Store.in_work_dir(work_dir, create=False)
+    store = Store.in_work_dir(work_dir, create=False, readonly=True)
     try:
         return store.status()
     finally:
@@ -376,7 +376,7 @@ def read_status(work_dir: str | Path) -> StatusSnapshot:
 
 def check_work_dir(work_dir: str | Path) -> None:
     """Raise a clear error unless ``work_dir`` holds a run's store."""
-    Store.in_work_dir(work_dir, create=False).close()
+    Store.in_work_dir(work_dir, create=False, readonly=True).close()
 
 
 def validate_dataset(path: str | Path, on_bad=None):

@@ -80,7 +80,7 @@ class Dashboard(App):
                 return
             try:
                 if self._reader is None:
-                    self._reader = Store(self.db_path, create=False)
+                    self._reader = Store(self.db_path, create=False, readonly=True)
                 snap = take_snapshot(self._reader, self.clock())
             except Exception as exc:  # noqa: BLE001 - a failed poll is shown, and the next one tried
                 self.post_message(PollFailed(f"{type(exc).__name__}: {exc}"))

@@ -19,6 +19,22 @@ from rich.text import Text
 from ..errors import DpoEngineError, Terminated
 
 
+def disk_full(exc: BaseException) -> str | None:
+    """What ran out of space, when ``exc`` (or an error it was raised from) says a disk is full."""
+    import errno
+    import sqlite3
+
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return f"writing {exc.filename}" if exc.filename else exc.strerror or "no space left"
+        if isinstance(exc, sqlite3.DatabaseError) and "disk is full" in str(exc):
+            return "writing the run's store, engine.db"
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 def report_error(exc: BaseException, console: Console, debug: bool = False) -> int:
     """Print an error as one line (a traceback too with ``--debug``); return the exit code."""
     if isinstance(exc, Terminated):
@@ -32,6 +48,12 @@ def report_error(exc: BaseException, console: Console, debug: bool = False) -> i
         return 130
     if debug:
         traceback.print_exception(exc)
+    full = disk_full(exc)
+    if full is not None:
+        console.print(Text.assemble(("error:", "bold red"), f" the disk is full ({full}). Nothing the run "
+                                    "had committed is lost: free some space, then rerun the same command to "
+                                    "continue where it stopped"), highlight=False)
+        return 1
     if isinstance(exc, DpoEngineError):
         console.print(Text.assemble(("error:", "bold red"), f" {exc.line()}"), highlight=False)
         return exc.exit_code

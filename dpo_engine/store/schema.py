@@ -145,36 +145,103 @@ OUTPUT_TABLES: dict[str, tuple[str, tuple[str, str] | None]] = {
 }
 
 
+def _connect(target: str, uri: bool = False) -> sqlite3.Connection:
+    conn = sqlite3.connect(target, timeout=60, isolation_level=None, check_same_thread=False, uri=uri)
+    conn.execute("PRAGMA busy_timeout = 60000")
+    return conn
+
+
+def _open_readonly(path: Path) -> sqlite3.Connection:
+    """A read-only connection: ``mode=ro`` (sees a live run's writes), or, where SQLite cannot
+    create the WAL's shared-memory file (a read-only mount), ``immutable=1``, which reads the
+    file as it is (a run that was killed there shows as of its last checkpoint)."""
+    from urllib.parse import quote
+
+    base = "file:" + quote(str(path.absolute()))
+    for mode in ("mode=ro", "immutable=1"):
+        conn = _connect(f"{base}?{mode}", uri=True)
+        try:
+            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            conn.close()
+            if mode != "mode=ro":
+                raise
+        except BaseException:
+            conn.close()
+            raise
+    raise AssertionError("unreachable")
+
+
 class StoreBase:
     """The connection, the schema upgrade on open, and transactions."""
 
     path: Path
     conn: sqlite3.Connection
 
-    def __init__(self, path: str | Path, *, create: bool = True):
+    def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False, check: bool = False):
+        """Open (``create``: or make) the store at ``path``. ``readonly``: for the commands that
+        only read (status, export, the dashboard), which then work on a read-only mount too.
+        ``check``: run SQLite's ``quick_check`` first and refuse a damaged file."""
         self.path = Path(path)
-        if not create and not self.path.is_file():
+        self.readonly = readonly
+        if not (create and not readonly) and not self.path.is_file():
             raise StoreError(f"{self.path} does not exist",
                              "pass a work dir that a `dpo-engine run` has used")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = None
+        if not readonly:
+            self._refuse_read_only_folder()
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.conn = None
         try:
-            conn = self.conn = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                               check_same_thread=False)
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA busy_timeout = 60000")
-            conn.execute("PRAGMA cache_size = -65536")
-            self._migrate()
-        except sqlite3.DatabaseError as exc:
-            if conn is not None:
-                conn.close()  # nothing else can close it: the caller gets no Store
-            raise StoreError(f"{self.path} is not a usable dpo-engine store ({exc})",
-                             "point --work-dir at a new folder or pass --restart") from exc
+            self.conn = _open_readonly(self.path) if readonly else _connect(str(self.path))
+            self.conn.execute("PRAGMA cache_size = -65536")
+            if check:
+                self._check_integrity()
+            if readonly:
+                self._check_version()
+            else:
+                self.conn.execute("PRAGMA journal_mode = WAL")
+                self.conn.execute("PRAGMA synchronous = NORMAL")
+                self._migrate()
+        except BaseException as exc:
+            if self.conn is not None:
+                self.conn.close()  # nothing else can close it: the caller gets no Store
+            if isinstance(exc, sqlite3.DatabaseError):
+                raise StoreError(f"{self.path} is not a usable dpo-engine store ({exc})",
+                                 "point --work-dir at a new folder or pass --restart") from exc
+            raise
+
+    def _refuse_read_only_folder(self) -> None:
+        import os
+
+        folder = self.path.parent if self.path.parent.exists() else None
+        if folder is not None and not (os.access(folder, os.W_OK) and
+                                       (not self.path.exists() or os.access(self.path, os.W_OK))):
+            raise StoreError(f"{folder} is read-only: a run cannot write its store there",
+                             "copy the work dir to a writable place and run there; `status`, `export` "
+                             "and `dashboard` read it where it is")
+
+    def _check_integrity(self) -> None:
+        problems = [row[0] for row in self.conn.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            raise StoreError(f"{self.path} is damaged (SQLite quick_check: {'; '.join(problems)})",
+                             "start the run over with --restart, or copy out what is still readable with "
+                             "`sqlite3 engine.db .recover`")
+
+    def _check_version(self) -> None:
+        version = self.conn.execute("PRAGMA user_version").fetchone()[0]
+        if version > len(MIGRATIONS):
+            raise StoreError(f"{self.path} was written by a newer dpo-engine (schema {version})",
+                             "upgrade dpo-engine")
+        if version < len(MIGRATIONS):
+            raise StoreError(f"{self.path} was written by an older dpo-engine (schema {version}) and is "
+                             "opened read-only, so it cannot be upgraded",
+                             "run any dpo-engine command on it once where it can be written")
 
     @classmethod
-    def in_work_dir(cls, work_dir: str | Path, *, create: bool = True) -> Self:
-        return cls(Path(work_dir) / DB_NAME, create=create)
+    def in_work_dir(cls, work_dir: str | Path, *, create: bool = True, readonly: bool = False,
+                    check: bool = False) -> Self:
+        return cls(Path(work_dir) / DB_NAME, create=create, readonly=readonly, check=check)
 
     def close(self) -> None:
         self.conn.close()
@@ -182,8 +249,7 @@ class StoreBase:
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]
         if version > len(MIGRATIONS):
-            raise StoreError(f"{self.path} was written by a newer dpo-engine (schema {version})",
-                             "upgrade dpo-engine")
+            self._check_version()
         for number in range(version, len(MIGRATIONS)):
             with self.transaction():
                 for statement in MIGRATIONS[number].split(";"):

@@ -102,7 +102,7 @@ class RecordBrowser(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        store = Store(self.db_path, create=False)
+        store = Store(self.db_path, create=False, readonly=True)
         try:
             self.rids = store.record_ids()
         finally:
@@ -117,7 +117,7 @@ class RecordBrowser(Screen):
             self._show()
 
     def _show(self) -> None:
-        store = Store(self.db_path, create=False)
+        store = Store(self.db_path, create=False, readonly=True)
         try:
             detail = store.record_detail(self.rids[self.position]) if self.rids else None
         finally:

@@ -1,0 +1,105 @@
+"""What a run does on a read-only mount, a full disk and a damaged store: real filesystems
+(a read-only bind mount and a small tmpfs, each in a user namespace of its own via
+``unshare``), a real store file with garbage written into it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import sqlite3
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, cli, run_args, shapes_rows, write_parquet
+
+
+def _namespaces_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k none /mnt"],
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+needs_mounts = pytest.mark.skipif(not _namespaces_work(), reason="needs `unshare -rm` (user and mount namespaces)")
+
+
+def in_namespace(script: str) -> subprocess.CompletedProcess:
+    """Run a shell script as root of a new user and mount namespace (its mounts vanish with it)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "DPO": f"{shlex.quote(sys.executable)} -m dpo_engine"}
+    return subprocess.run(["unshare", "-rm", "sh", "-c", script], capture_output=True, text=True, env=env, cwd=REPO)
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("finished")
+    data = write_parquet(root / "d.parquet", shapes_rows(6))
+    args = run_args(tiny_models, data, root / "work", "--max-new-tokens", "12")
+    cli(*args)
+    return root / "work", args
+
+
+@needs_mounts
+def test_a_finished_run_on_a_read_only_mount_can_be_read_but_not_run(finished_run, tmp_path):
+    work, args = finished_run
+    expected = json.loads(cli("status", work, "--json").stdout)
+    out = tmp_path / "pairs.parquet"
+    w = shlex.quote(str(work))
+    proc = in_namespace(f"mount --bind {w} {w} && mount -o remount,bind,ro {w} || exit 99\n"
+                        f"touch {w}/probe 2>/dev/null && exit 98\n"
+                        f"$DPO status {w} --json > {tmp_path}/status.json || exit 1\n"
+                        f"$DPO export {w} --out {shlex.quote(str(out))} || exit 2\n"
+                        f"$DPO {' '.join(shlex.quote(str(a)) for a in args)} 2> {tmp_path}/run.err; "
+                        f"echo $? > {tmp_path}/run.rc")
+    assert proc.returncode == 0, proc.stderr
+    seen = json.loads((tmp_path / "status.json").read_text())
+    assert (seen["records"], seen["stages"]) == (expected["records"], expected["stages"])
+    assert out.read_bytes() == (work / "dataset" / "dpo_dataset.parquet").read_bytes()
+    assert (tmp_path / "run.rc").read_text().strip() == "2"
+    err = (tmp_path / "run.err").read_text()
+    assert "is read-only" in err and "Traceback" not in err, err
+
+
+@needs_mounts
+def test_a_full_disk_stops_the_run_with_a_clear_message_and_a_rerun_resumes(tiny_models, tmp_path):
+    data = write_parquet(tmp_path / "d.parquet", shapes_rows(40))
+    reference = tmp_path / "reference"
+    cli(*run_args(tiny_models, data, reference, "--max-new-tokens", "12"))
+    small = tmp_path / "small"
+    small.mkdir()
+    args = " ".join(shlex.quote(str(a)) for a in run_args(tiny_models, data, small / "work", "--max-new-tokens", "12"))
+    s = shlex.quote(str(small))
+    proc = in_namespace(f"mount -t tmpfs -o size=160k none {s} || exit 99\n"
+                        f"$DPO {args} > /dev/null 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc\n"
+                        f"mount -o remount,size=64m {s} || exit 98\n"
+                        f"$DPO {args} --json > {tmp_path}/again.json || exit 3\n"
+                        f"cp {s}/work/dataset/dpo_dataset.parquet {tmp_path}/again.parquet")
+    assert proc.returncode == 0, proc.stderr
+    err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() != "0"
+    assert "disk is full" in err and "rerun the same command" in err and "Traceback" not in err, err
+    assert (tmp_path / "again.parquet").read_bytes() == (reference / "dataset" / "dpo_dataset.parquet").read_bytes()
+
+
+def test_a_damaged_store_is_refused_by_run_and_export(finished_run, tmp_path):
+    work, args = finished_run
+    copy = tmp_path / "work"
+    shutil.copytree(work, copy)
+    db = copy / "engine.db"
+    con = sqlite3.connect(db)
+    page_size = con.execute("PRAGMA page_size").fetchone()[0]
+    root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'stage_state'").fetchone()[0]
+    con.close()
+    with open(db, "r+b") as fh:  # garbage over the middle of one table's root page
+        fh.seek((root - 1) * page_size + 64)
+        fh.write(os.urandom(page_size // 2))
+    exported = cli("export", copy, "--out", tmp_path / "pairs.parquet", check=False)
+    assert exported.returncode == 2 and "is damaged" in exported.stderr and "--restart" in exported.stderr
+    assert not (tmp_path / "pairs.parquet").exists()
+    args = [str(copy) if a == str(work) else a for a in args]
+    rerun = cli(*args, check=False)
+    assert rerun.returncode == 2 and "is damaged" in rerun.stderr, rerun.stderr

@@ -103,3 +103,24 @@ def test_a_damaged_store_is_refused_by_run_and_export(finished_run, tmp_path):
     args = [str(copy) if a == str(work) else a for a in args]
     rerun = cli(*args, check=False)
     assert rerun.returncode == 2 and "is damaged" in rerun.stderr, rerun.stderr
+
+
+@needs_mounts
+def test_export_onto_a_full_disk_fails_and_keeps_the_previous_output(finished_run, tmp_path):
+    work, _ = finished_run
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    d, out = shlex.quote(str(disk)), shlex.quote(str(disk / "pairs.parquet"))
+    proc = in_namespace(f"mount -t tmpfs -o size=1m none {d} || exit 99\n"
+                        f"$DPO export {shlex.quote(str(work))} --out {out} > /dev/null || exit 1\n"
+                        f"cp {out} {tmp_path}/before.parquet\n"
+                        f"dd if=/dev/zero of={d}/filler bs=4k 2> /dev/null\n"  # fills the disk
+                        f"$DPO export {shlex.quote(str(work))} --out {out} > /dev/null 2> {tmp_path}/full.err; "
+                        f"echo $? > {tmp_path}/full.rc\n"
+                        f"cp {out} {tmp_path}/after.parquet && ls -a {d} > {tmp_path}/left.txt")
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "full.rc").read_text().strip() == "1"
+    err = (tmp_path / "full.err").read_text()
+    assert "disk is full" in err and "Traceback" not in err, err
+    assert (tmp_path / "after.parquet").read_bytes() == (tmp_path / "before.parquet").read_bytes()
+    assert sorted((tmp_path / "left.txt").read_text().split()) == [".", "..", "filler", "pairs.parquet"]

@@ -50,9 +50,9 @@ def report_error(exc: BaseException, console: Console, debug: bool = False) -> i
         traceback.print_exception(exc)
     full = disk_full(exc)
     if full is not None:
-        console.print(Text.assemble(("error:", "bold red"), f" the disk is full ({full}). Nothing the run "
-                                    "had committed is lost: free some space, then rerun the same command to "
-                                    "continue where it stopped"), highlight=False)
+        console.print(Text.assemble(("error:", "bold red"), f" the disk is full ({full}). Nothing already "
+                                    "committed is lost (the run's store, an earlier output file): free some space, "
+                                    "then rerun the same command to continue where it stopped"), highlight=False)
         return 1
     if isinstance(exc, DpoEngineError):
         console.print(Text.assemble(("error:", "bold red"), f" {exc.line()}"), highlight=False)

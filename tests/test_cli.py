@@ -95,3 +95,32 @@ def test_reference_spellings_are_accepted(tiny_models, demo_parquet, tmp_path):
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["samples"] == 36
     assert "config.json" in proc.stderr  # the note about --reward_model_name
+
+
+def test_markup_in_user_text_is_printed_as_text(tiny_models, tmp_path):
+    """Paths, idx values, questions and errors that look like rich markup reach every
+    command's output as typed, never as markup (nor a MarkupError)."""
+    folder = tmp_path / "data[/bold]"
+    rows = shapes_rows(3, prefix="good-[/]")
+    rows[0]["question"] = "[red]what[/] is [/] here?"
+    rows.append({"idx": "bad[/]", "question": "q", "image": {"bytes": None, "path": "img[/i].png"}, "ds_name": "t"})
+    data = write_parquet(folder / "d.parquet", rows)
+    work = tmp_path / "runs[/old]"
+    outputs = []
+    validated = cli("validate", data, check=False)
+    assert validated.returncode == 1 and "img[/i].png" in validated.stdout + validated.stderr
+    outputs.append(validated)
+    outputs.append(cli(*run_args(tiny_models, data, work, "--max-new-tokens", "8")))
+    assert "img[/i].png" in outputs[-1].stdout + outputs[-1].stderr
+    outputs.append(cli("status", work))
+    assert str(work) in outputs[-1].stdout.replace("\n", "")
+    out = tmp_path / "out[/x]" / "pairs.parquet"
+    outputs.append(cli("export", work, "--out", out))
+    assert out.is_file() and str(out) in outputs[-1].stdout.replace("\n", "")
+    shot = tmp_path / "shot[/b].svg"
+    outputs.append(cli("dashboard", work, "--screenshot", shot))
+    assert shot.is_file() and str(shot) in outputs[-1].stdout.replace("\n", "")
+    missing = cli("status", tmp_path / "none[/]", check=False)
+    assert missing.returncode == 2 and "none[/]" in missing.stderr
+    for proc in outputs + [missing]:
+        assert "MarkupError" not in proc.stdout + proc.stderr

@@ -264,14 +264,15 @@ def _run_with_dashboard(work_dir: Path) -> None:
         time.sleep(0.1)
     if not (work_dir / DB_NAME).exists():
         child.wait()
-        err_console.print(f"[bold red]error:[/] the run stopped before it started (see {log})", highlight=False)
+        err_console.print(f"[bold red]error:[/] the run stopped before it started (see {escape(str(log))})",
+                          highlight=False)
         raise typer.Exit(child.returncode or 1)
     Dashboard(work_dir).run()
     if child.poll() is None:
         Console().print(f"the run goes on in the background (pid {child.pid}, log {log}); "
-                        f"`dpo-engine dashboard {work_dir}` shows it again", highlight=False)
+                        f"`dpo-engine dashboard {work_dir}` shows it again", highlight=False, markup=False)
         return
-    Console().print(f"the run ended with exit code {child.returncode} (log {log})", highlight=False)
+    Console().print(f"the run ended with exit code {child.returncode} (log {log})", highlight=False, markup=False)
     raise typer.Exit(child.returncode)
 
 
@@ -298,7 +299,7 @@ def dashboard(
         raise ConfigError("--interval must be > 0")
     if screenshot is not None:
         path = take_screenshot(work_dir, screenshot)
-        Console().print(f"wrote {path}", highlight=False)
+        Console().print(f"wrote {path}", highlight=False, markup=False)
         return
     Dashboard(work_dir, interval=interval).run()
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 from . import __version__
 from .config import RunConfig, model_fingerprint
-from .errors import ConfigError, DpoEngineError, ModelError, WorkDirBusy
+from .errors import ConfigError, DatasetEmpty, DpoEngineError, ModelError, WorkDirBusy
 from .observer import Observer, Silent
 from .store import DB_NAME, StatusSnapshot, Store
 
@@ -92,6 +92,11 @@ def _ingest(store: Store, source, dataset: str, observer: Observer) -> None:
         observer.note(f"  invalid row {bad.rid} ({bad.source}): {bad.error}", "warning")
     if counts.invalid > 5:
         observer.note(f"  … and {counts.invalid - 5} more (dpo-engine validate {dataset})", "warning")
+    if counts.valid == 0:
+        if counts.total == 0:
+            raise DatasetEmpty(f"{dataset} holds no rows", "point --dataset at a file or folder with data")
+        raise DatasetEmpty(f"none of the {counts.total} rows of {dataset} is valid (the first are named above)",
+                           f"`dpo-engine validate {dataset}` lists every bad row and why")
 
 
 def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart: bool = False,

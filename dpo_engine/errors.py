@@ -31,6 +31,12 @@ class DatasetChanged(DpoEngineError):
     exit_code = 2
 
 
+class DatasetEmpty(DpoEngineError):
+    """The dataset holds no row a run can use: none at all, or only invalid ones."""
+
+    exit_code = 2
+
+
 class ConfigError(DpoEngineError):
     """Bad or inconsistent settings."""
 

@@ -124,3 +124,19 @@ def test_markup_in_user_text_is_printed_as_text(tiny_models, tmp_path):
     assert missing.returncode == 2 and "none[/]" in missing.stderr
     for proc in outputs + [missing]:
         assert "MarkupError" not in proc.stdout + proc.stderr
+
+
+def test_a_dataset_without_a_usable_row_is_named_as_such(tiny_models, tmp_path):
+    import pyarrow as pa
+
+    empty = tmp_path / "empty.parquet"
+    pq.write_table(pa.Table.from_pylist(shapes_rows(1)).slice(0, 0), empty)
+    bad = write_parquet(tmp_path / "bad.parquet", [
+        {"idx": "a", "question": "", "image": {"bytes": b"x", "path": ""}},
+        {"idx": "b", "question": "q", "image": {"bytes": b"not an image", "path": ""}}])
+    none = cli(*run_args(tiny_models, empty, tmp_path / "A"), check=False)
+    assert none.returncode == 2 and "holds no rows" in none.stderr, none.stderr
+    invalid = cli(*run_args(tiny_models, bad, tmp_path / "B"), check=False)
+    assert invalid.returncode == 2, invalid.stderr
+    assert "none of the 2 rows" in invalid.stderr and "dpo-engine validate" in invalid.stderr
+    assert "question is empty" in invalid.stdout + invalid.stderr  # the rows' own errors are shown

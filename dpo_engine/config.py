@@ -21,6 +21,7 @@ class RunConfig:
     pipeline: str
     dataset: str
     work_dir: str
+    image_root: str | None = None  # when set, rows' image_paths must lie inside this folder
     # The checkpoint folder of each model role the pipeline names ("instruct", "reward",
     # "labeler", "split", "question"); ``model_path`` is the one place that reads it.
     models: dict[str, str] = field(default_factory=dict)

@@ -48,10 +48,14 @@ class DatasetSource:
     path: Path
     files: tuple[Path, ...]
     kind: str  # "parquet" or "jsonl"
+    image_root: Path | None = None  # when set, every image_path must lie inside it
 
 
-def open_dataset(path: str | Path) -> DatasetSource:
-    """Check that ``path`` is a readable dataset and list its shard files."""
+def open_dataset(path: str | Path, image_root: str | Path | None = None) -> DatasetSource:
+    """Check that ``path`` is a readable dataset and list its shard files. ``image_root``
+    confines the rows' ``image_path``s to one folder (for datasets received from elsewhere)."""
+    if image_root is not None and not Path(image_root).is_dir():
+        raise DatasetUnreadable(f"--image-root {image_root} is not a folder")
     p = Path(path)
     if not p.exists():
         raise DatasetUnreadable(f"dataset {p} does not exist", "check the --dataset path")
@@ -71,7 +75,7 @@ def open_dataset(path: str | Path) -> DatasetSource:
                                 "use .parquet or .jsonl")
     for f in files:
         _check_readable(f, kind)
-    return DatasetSource(p, tuple(files), kind)
+    return DatasetSource(p, tuple(files), kind, Path(image_root).resolve() if image_root is not None else None)
 
 
 def _check_readable(f: Path, kind: str) -> None:
@@ -138,10 +142,11 @@ def iter_records(source: DatasetSource, *, check_from: int = 0) -> Iterator[RawR
             rec.row_hash = _hash_parts(["bad", str(row)])
             yield rec
             continue
-        yield _to_record(row_no, where, row, base_dir, row_no >= check_from)
+        yield _to_record(row_no, where, row, base_dir, row_no >= check_from, source.image_root)
 
 
-def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images: bool) -> RawRecord:
+def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images: bool,
+               image_root: Path | None = None) -> RawRecord:
     extra = {k: v for k, v in row.items() if k not in CORE_FIELDS}
     raw_idx = row.get("idx", row.get("question_id", row_no))
     rec = RawRecord(row_no, None, raw_idx, None, None, None, extra=extra, source=where)
@@ -167,7 +172,9 @@ def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images:
         errors.append(image_error)
     elif image_bytes is None and image_path:
         resolved = _resolve_path(image_path, base_dir)
-        if not resolved.is_file():
+        if image_root is not None and not resolved.resolve().is_relative_to(image_root):
+            errors.append(f"image_path {image_path!r} is outside --image-root {image_root} ({resolved.resolve()})")
+        elif not resolved.is_file():
             errors.append(f"image_path {image_path!r} does not exist ({resolved.absolute()})")
         else:
             stat = resolved.stat()

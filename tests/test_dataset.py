@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from conftest import shapes_rows, write_parquet
+from conftest import cli, shapes_rows, write_parquet
 from dpo_engine.dataset import iter_records, open_dataset
 from dpo_engine.errors import DatasetUnreadable
 from dpo_engine.validate import validate_dataset
@@ -105,3 +105,23 @@ def test_relative_image_paths_are_read_next_to_the_dataset_not_in_the_cwd(tmp_pa
     report_lines = []
     validate_dataset(dataset, on_bad=report_lines.append)
     assert any(str(tmp_path / "data" / "img" / "only-here.png") in line for line in report_lines)
+
+
+def test_image_root_confines_image_paths_to_one_folder(tmp_path):
+    rows = shapes_rows(1)
+    (tmp_path / "data" / "img").mkdir(parents=True)
+    (tmp_path / "data" / "img" / "a.png").write_bytes(rows[0]["image"]["bytes"])
+    (tmp_path / "secret.png").write_bytes(rows[0]["image"]["bytes"])
+    (tmp_path / "data" / "img" / "link.png").symlink_to(tmp_path / "secret.png")
+    dataset = tmp_path / "data" / "d.jsonl"
+    lines = [{"idx": i, "question": "q", "image_path": p} for i, p in
+             enumerate(["img/a.png", "../secret.png", str(tmp_path / "secret.png"), "img/link.png"])]
+    dataset.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert [r.error for r in records(dataset)] == [None] * 4  # by default any readable path is used
+    confined = list(iter_records(open_dataset(dataset, image_root=tmp_path / "data" / "img")))
+    assert confined[0].error is None
+    assert all("outside --image-root" in r.error for r in confined[1:])  # ../, absolute, a link out
+    with pytest.raises(DatasetUnreadable, match="not a folder"):
+        open_dataset(dataset, image_root=tmp_path / "nowhere")
+    checked = cli("validate", dataset, "--image-root", tmp_path / "data" / "img", check=False)
+    assert checked.returncode == 1 and checked.stdout.count("outside --image-root") == 3

@@ -36,6 +36,8 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 DATASET_HELP = ("Input dataset: a .parquet (idx, question, image{bytes,path}) or .jsonl (question, "
                 "image as base64 or image_path) file, or a folder of such shards.")
+IMAGE_ROOT_HELP = ("Only read image_path files inside this folder (for datasets from elsewhere, whose paths "
+                   "may point anywhere); a row naming one outside it is invalid. Default: no limit.")
 BACKEND_HELP = ("Model backend: hf (transformers, the default) or vllm (pip extra 'vllm'; "
                 "sampling, checks and the text roles on vLLM engines).")
 SCORE_BACKEND_HELP = ("Backend of both log-prob stages (one backend for both, so the implicit reward "
@@ -98,6 +100,7 @@ def run(
     dataset: Path = typer.Option(..., "--dataset", "--dataset_path", help=DATASET_HELP),
     work_dir: Path = typer.Option(..., "--work-dir", "--work_dir",
                                   help="Where engine.db, logs and dataset/dpo_dataset.parquet go."),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
     instruct_model: Path = typer.Option(..., "--instruct-model", "--instruct_model_path",
                                         help="The model to be trained (samples answers; the DPO reference)."),
     reward_model: Optional[str] = typer.Option(
@@ -197,6 +200,7 @@ def run(
               **_reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
     config = RunConfig(
         pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
+        image_root=str(image_root) if image_root else None,
         models={role: path for role, path in models.items() if path},
         split_prompt=str(split_prompt) if split_prompt else None,
         question_prompt=str(question_prompt) if question_prompt else None,
@@ -364,11 +368,13 @@ def convert(
 @handle_errors
 def validate(
     path: Path = typer.Argument(..., help=DATASET_HELP),
+    image_root: Optional[Path] = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
     debug: Debug = False,
 ):
     """Check every row of a dataset. Exit 0: all valid; 1: some rows invalid; 2: unreadable."""
     console = Console(highlight=False, soft_wrap=True)
-    report = engine.validate_dataset(path, on_bad=lambda line: console.print(line, markup=False))
+    report = engine.validate_dataset(path, on_bad=lambda line: console.print(line, markup=False),
+                                     image_root=image_root)
     console.print(f"{report.total} rows: {report.valid} valid, {report.invalid} invalid")
     raise typer.Exit(1 if report.invalid else 0)
 

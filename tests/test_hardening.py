@@ -124,3 +124,56 @@ def test_export_onto_a_full_disk_fails_and_keeps_the_previous_output(finished_ru
     assert "disk is full" in err and "Traceback" not in err, err
     assert (tmp_path / "after.parquet").read_bytes() == (tmp_path / "before.parquet").read_bytes()
     assert sorted((tmp_path / "left.txt").read_text().split()) == [".", "..", "filler", "pairs.parquet"]
+
+
+def _children(pid: int) -> dict[int, str]:
+    """Live child processes of ``pid``: {pid: command line}."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = open(f"/proc/{entry}/stat").read()
+            cmdline = open(f"/proc/{entry}/cmdline", "rb").read().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        if int(fields[1]) == pid and fields[0] != "Z":
+            found[int(entry)] = cmdline
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
+def test_killing_the_demo_with_kill_9_takes_its_training_process_with_it(tmp_path):
+    import signal
+    import time
+
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "2"}  # 2 threads: text models train apart
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", "demo", str(tmp_path / "w"), "--pipeline",
+                             "divide_and_conquer"], cwd=REPO, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 180
+        lane = []
+        while not lane:
+            assert proc.poll() is None and time.time() < deadline, "the demo never started its training process"
+            lane = [pid for pid, cmd in _children(proc.pid).items() if "spawn_main" in cmd]
+            time.sleep(0.2)
+        time.sleep(2)  # the child is past its start and training
+        assert _alive(lane[0])
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        deadline = time.time() + 10
+        while _alive(lane[0]) and time.time() < deadline:
+            time.sleep(0.1)
+        assert not _alive(lane[0]), "the training process outlived the demo"
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -16,6 +16,7 @@ same machine gives the same weights.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -39,8 +40,11 @@ from dpo_engine.demo.train_vision import (  # noqa: F401
 ROLES = ("instruct", "reward", "labeler", "split", "question")
 
 
-def _text_lane(split: Path, question: str | Path, seed: int, queue) -> None:
+def _text_lane(split: Path, question: str | Path, seed: int, queue, parent: int) -> None:
     """The text models' training, in a process of its own with one thread."""
+    from dpo_engine.lifetime import die_with_parent
+
+    die_with_parent(parent)  # a demo killed with kill -9 takes this training with it
     torch.set_num_threads(1)
     quiet_transformers()
     train_text_roles(Path(split), Path(question), seed, queue.put)
@@ -71,7 +75,7 @@ def build_world_models(root: str | Path, *, roles: tuple[str, ...] = ROLES, seed
     if text and vision and threads > 1:
         context = multiprocessing.get_context("spawn")
         lines = context.Queue()
-        lane = context.Process(target=_text_lane, args=(paths["split"], paths["question"], seed, lines),
+        lane = context.Process(target=_text_lane, args=(paths["split"], paths["question"], seed, lines, os.getpid()),
                                daemon=True)
         lane.start()
         log("training the ShapesWorld split and question model alongside, in a second process")

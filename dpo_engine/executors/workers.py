@@ -27,10 +27,13 @@ from . import BatchResult, HeldModel, WorkerView
 POLL_SECONDS = 0.5  # how often the driver looks for dead workers while it waits
 
 
-def _worker(config: RunConfig, roles: Sequence[Role], threads: int, tasks, results) -> None:
+def _worker(config: RunConfig, roles: Sequence[Role], threads: int, tasks, results, driver: int) -> None:
     """A worker's life: take (task id, stage, batch), answer (task id, outputs, timings)."""
     import torch
 
+    from ..lifetime import die_with_parent
+
+    die_with_parent(driver)  # a driver killed mid-batch takes its workers with it
     torch.set_num_threads(threads)
     held = HeldModel(RoleModels(config, roles))
     parent = os.getppid()
@@ -71,7 +74,8 @@ class WorkerPoolExecutor:
     def _start(self, wid: int) -> None:
         tasks = self._ctx.Queue()
         config = replace(self.config, device=self.devices[wid])
-        proc = self._ctx.Process(target=_worker, args=(config, self.roles, self.threads, tasks, self._results),
+        proc = self._ctx.Process(target=_worker, args=(config, self.roles, self.threads, tasks, self._results,
+                                                          os.getpid()),
                                  name=f"dpo-engine-worker-{wid}", daemon=True)
         proc.start()
         self._workers[wid] = (proc, tasks)

@@ -44,6 +44,38 @@ def check_model_folder(path: str, role: Role, trust_remote_code: bool = False) -
         detect_family(path, trust_remote_code=trust_remote_code)
     except ModelConfigError as exc:
         raise ModelError(f"{role.name} model: {exc}") from exc
+    for weights in sorted(Path(path).glob("*.safetensors")):
+        problem = safetensors_problem(weights)
+        if problem:
+            raise ModelError(f"{role.name} model: {weights} is not a usable weights file ({problem})",
+                             "copy or download the checkpoint again")
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be loaded, from its header alone (no tensor is read):
+    the header must parse and every tensor's bytes must lie inside the file."""
+    import json
+    import struct
+
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                return f"{size} bytes, shorter than a header"
+            (length,) = struct.unpack("<Q", head)
+            if length > size - 8:
+                return f"the header says {length} bytes, the file has {size}"
+            header = json.loads(fh.read(length))
+    except (OSError, ValueError) as exc:
+        return f"unreadable header: {exc}"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+               and "data_offsets" in t), default=0)
+    if 8 + length + end > size:
+        return f"truncated: its tensors need {8 + length + end} bytes, the file has {size}"
+    return None
 
 
 class RoleModels:

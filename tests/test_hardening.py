@@ -177,3 +177,17 @@ def test_killing_the_demo_with_kill_9_takes_its_training_process_with_it(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_a_damaged_weights_file_is_named_before_any_stage_runs(tiny_models, tmp_path):
+    data = write_parquet(tmp_path / "d.parquet", shapes_rows(2))
+    for damage in ("truncate", "garbage"):
+        reward = tmp_path / f"reward-{damage}"
+        shutil.copytree(tiny_models["reward"], reward)
+        weights = next(reward.glob("*.safetensors"))
+        blob = weights.read_bytes()
+        weights.write_bytes(blob[: len(blob) // 2] if damage == "truncate" else os.urandom(len(blob)))
+        models = {**tiny_models, "reward": reward}
+        proc = cli(*run_args(models, data, tmp_path / damage), check=False)
+        assert proc.returncode != 0 and str(weights) in proc.stderr.replace("\n", ""), proc.stderr
+        assert not (tmp_path / damage / "engine.db").exists()  # refused before the run began

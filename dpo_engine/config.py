@@ -16,12 +16,20 @@ from pathlib import Path
 from .errors import ConfigError
 
 
+# Input caps: a row over either is invalid, with the numbers in its error. Images are measured
+# from their header, before any pixel is decoded (Pillow's own bomb limit is ~179 MP).
+MAX_IMAGE_PIXELS = 40_000_000
+MAX_QUESTION_CHARS = 20_000
+
+
 @dataclass(frozen=True)
 class RunConfig:
     pipeline: str
     dataset: str
     work_dir: str
     image_root: str | None = None  # when set, rows' image_paths must lie inside this folder
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_question_chars: int = MAX_QUESTION_CHARS
     # The checkpoint folder of each model role the pipeline names ("instruct", "reward",
     # "labeler", "split", "question"); ``model_path`` is the one place that reads it.
     models: dict[str, str] = field(default_factory=dict)

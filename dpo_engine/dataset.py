@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .config import MAX_IMAGE_PIXELS, MAX_QUESTION_CHARS
 from .errors import DatasetUnreadable
 
 CORE_FIELDS = ("idx", "question", "image")
@@ -49,11 +50,16 @@ class DatasetSource:
     files: tuple[Path, ...]
     kind: str  # "parquet" or "jsonl"
     image_root: Path | None = None  # when set, every image_path must lie inside it
+    max_image_pixels: int = MAX_IMAGE_PIXELS
+    max_question_chars: int = MAX_QUESTION_CHARS
 
 
-def open_dataset(path: str | Path, image_root: str | Path | None = None) -> DatasetSource:
+def open_dataset(path: str | Path, image_root: str | Path | None = None, *,
+                 max_image_pixels: int = MAX_IMAGE_PIXELS, max_question_chars: int = MAX_QUESTION_CHARS
+                 ) -> DatasetSource:
     """Check that ``path`` is a readable dataset and list its shard files. ``image_root``
-    confines the rows' ``image_path``s to one folder (for datasets received from elsewhere)."""
+    confines the rows' ``image_path``s to one folder (for datasets received from elsewhere);
+    the caps make rows with larger images or longer questions invalid."""
     if image_root is not None and not Path(image_root).is_dir():
         raise DatasetUnreadable(f"--image-root {image_root} is not a folder")
     p = Path(path)
@@ -75,7 +81,8 @@ def open_dataset(path: str | Path, image_root: str | Path | None = None) -> Data
                                 "use .parquet or .jsonl")
     for f in files:
         _check_readable(f, kind)
-    return DatasetSource(p, tuple(files), kind, Path(image_root).resolve() if image_root is not None else None)
+    return DatasetSource(p, tuple(files), kind, Path(image_root).resolve() if image_root is not None else None,
+                         max_image_pixels, max_question_chars)
 
 
 def _check_readable(f: Path, kind: str) -> None:
@@ -142,11 +149,12 @@ def iter_records(source: DatasetSource, *, check_from: int = 0) -> Iterator[RawR
             rec.row_hash = _hash_parts(["bad", str(row)])
             yield rec
             continue
-        yield _to_record(row_no, where, row, base_dir, row_no >= check_from, source.image_root)
+        yield _to_record(row_no, where, row, base_dir, row_no >= check_from, source)
 
 
 def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images: bool,
-               image_root: Path | None = None) -> RawRecord:
+               source: DatasetSource) -> RawRecord:
+    image_root = source.image_root
     extra = {k: v for k, v in row.items() if k not in CORE_FIELDS}
     raw_idx = row.get("idx", row.get("question_id", row_no))
     rec = RawRecord(row_no, None, raw_idx, None, None, None, extra=extra, source=where)
@@ -162,6 +170,8 @@ def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images:
         errors.append(f"question must be a string, got {type(q).__name__}")
     elif not q.strip():
         errors.append("question is empty")
+    elif len(q) > source.max_question_chars:
+        errors.append(f"question is {len(q):,} characters, over --max-question-chars {source.max_question_chars:,}")
     else:
         rec.question = q
     image_bytes, image_path, image_error = _image_of(row)
@@ -186,7 +196,7 @@ def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images:
     elif image_bytes is None:
         errors.append("no image: neither image bytes nor an image_path")
     if image_bytes is not None and not errors and check_images:
-        problem = image_problem(image_bytes)
+        problem = image_problem(image_bytes, source.max_image_pixels)
         if problem:
             errors.append(problem)
     rec.image = image_bytes
@@ -229,14 +239,19 @@ def _resolve_path(image_path: str, base_dir: Path) -> Path:
     return Path(image_path) if Path(image_path).is_absolute() else base_dir / image_path
 
 
-def image_problem(data: bytes) -> str | None:
-    """None if the bytes decode to an image, else why not."""
+def image_problem(data: bytes, max_pixels: int | None = None) -> str | None:
+    """None if the bytes decode to an image (of at most ``max_pixels``), else why not. The
+    size is read from the header first, so an oversized image is refused undecoded."""
     from PIL import Image
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                if max_pixels is not None and width * height > max_pixels:
+                    return (f"image is {width:,} x {height:,} = {width * height:,} pixels, over "
+                            f"--max-image-pixels {max_pixels:,}")
                 im.load()
     except Exception as exc:  # PIL raises many types for broken data
         if type(exc).__name__ == "UnidentifiedImageError":

@@ -117,7 +117,8 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
 
     observer = observer or Silent()
     pipeline = validate(config, pipeline)
-    source = open_dataset(config.dataset, config.image_root)  # unreadable data fails here, before any model loads
+    source = open_dataset(config.dataset, config.image_root, max_image_pixels=config.max_image_pixels,
+                          max_question_chars=config.max_question_chars)  # unreadable data fails here, before any model loads
     paths = pipeline.model_paths(config)
     for role in pipeline.roles:
         check_model_folder(paths[role.name], role, config.trust_remote_code)
@@ -384,11 +385,12 @@ def check_work_dir(work_dir: str | Path) -> None:
     Store.in_work_dir(work_dir, create=False, readonly=True).close()
 
 
-def validate_dataset(path: str | Path, on_bad=None, image_root: str | Path | None = None):
-    """Check every row of a dataset (see ``dpo_engine.validate``)."""
+def validate_dataset(path: str | Path, on_bad=None, image_root: str | Path | None = None, **caps):
+    """Check every row of a dataset (see ``dpo_engine.validate``); ``caps``: max_image_pixels,
+    max_question_chars."""
     from .validate import validate_dataset as check
 
-    return check(path, on_bad=on_bad, image_root=image_root)
+    return check(path, on_bad=on_bad, image_root=image_root, **caps)
 
 
 @dataclass

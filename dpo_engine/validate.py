@@ -18,10 +18,10 @@ class ValidationReport:
 
 
 def validate_dataset(path: str | Path, on_bad: Callable[[str], None],
-                     image_root: str | Path | None = None) -> ValidationReport:
+                     image_root: str | Path | None = None, **caps) -> ValidationReport:
     """Stream the dataset; call ``on_bad`` with one line per bad row. Duplicate idx values are
     found through an 8-byte digest per row, so memory stays small for large datasets."""
-    source = open_dataset(path, image_root)
+    source = open_dataset(path, image_root, **caps)
     first_row: dict[bytes, int] = {}
     total = invalid = 0
     for rec in iter_records(source):

@@ -125,3 +125,23 @@ def test_image_root_confines_image_paths_to_one_folder(tmp_path):
         open_dataset(dataset, image_root=tmp_path / "nowhere")
     checked = cli("validate", dataset, "--image-root", tmp_path / "data" / "img", check=False)
     assert checked.returncode == 1 and checked.stdout.count("outside --image-root") == 3
+
+
+def test_oversized_images_and_questions_are_refused_by_their_numbers(tmp_path):
+    import io
+
+    from PIL import Image
+
+    big = io.BytesIO()
+    Image.new("L", (9000, 9000)).save(big, format="PNG")  # 81 MP, over the 40 MP default; tiny as a PNG
+    rows = shapes_rows(2)
+    rows[0]["image"] = {"bytes": big.getvalue(), "path": ""}
+    rows[1]["question"] = "describe " * 3000  # 27,000 characters
+    path = write_parquet(tmp_path / "d.parquet", rows)
+    first, second = records(path)
+    assert "9,000 x 9,000 = 81,000,000 pixels, over --max-image-pixels 40,000,000" in first.error
+    assert "27,000 characters, over --max-question-chars 20,000" in second.error
+    relaxed = list(iter_records(open_dataset(path, max_image_pixels=10**8, max_question_chars=30_000)))
+    assert [r.error for r in relaxed] == [None, None]
+    checked = cli("validate", path, "--max-question-chars", "30000", check=False)
+    assert checked.returncode == 1 and "81,000,000 pixels" in checked.stdout and "characters" not in checked.stdout

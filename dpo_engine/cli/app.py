@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .. import __version__, engine
-from ..config import RunConfig
+from ..config import MAX_IMAGE_PIXELS, MAX_QUESTION_CHARS, RunConfig
 from ..errors import ConfigError, Terminated
 from ..store import DB_NAME
 from .output import print_status, report_error, status_json
@@ -38,6 +38,8 @@ DATASET_HELP = ("Input dataset: a .parquet (idx, question, image{bytes,path}) or
                 "image as base64 or image_path) file, or a folder of such shards.")
 IMAGE_ROOT_HELP = ("Only read image_path files inside this folder (for datasets from elsewhere, whose paths "
                    "may point anywhere); a row naming one outside it is invalid. Default: no limit.")
+MAX_PIXELS_HELP = "A row whose image has more pixels is invalid (read from the image header, undecoded)."
+MAX_CHARS_HELP = "A row whose question is longer (in characters) is invalid."
 BACKEND_HELP = ("Model backend: hf (transformers, the default) or vllm (pip extra 'vllm'; "
                 "sampling, checks and the text roles on vLLM engines).")
 SCORE_BACKEND_HELP = ("Backend of both log-prob stages (one backend for both, so the implicit reward "
@@ -101,6 +103,9 @@ def run(
     work_dir: Path = typer.Option(..., "--work-dir", "--work_dir",
                                   help="Where engine.db, logs and dataset/dpo_dataset.parquet go."),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
+    max_image_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-image-pixels", min=1, help=MAX_PIXELS_HELP),
+    max_question_chars: int = typer.Option(MAX_QUESTION_CHARS, "--max-question-chars", min=1,
+                                           help=MAX_CHARS_HELP),
     instruct_model: Path = typer.Option(..., "--instruct-model", "--instruct_model_path",
                                         help="The model to be trained (samples answers; the DPO reference)."),
     reward_model: Optional[str] = typer.Option(
@@ -200,7 +205,8 @@ def run(
               **_reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
     config = RunConfig(
         pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
-        image_root=str(image_root) if image_root else None,
+        image_root=str(image_root) if image_root else None, max_image_pixels=max_image_pixels,
+        max_question_chars=max_question_chars,
         models={role: path for role, path in models.items() if path},
         split_prompt=str(split_prompt) if split_prompt else None,
         question_prompt=str(question_prompt) if question_prompt else None,
@@ -369,12 +375,16 @@ def convert(
 def validate(
     path: Path = typer.Argument(..., help=DATASET_HELP),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
+    max_image_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-image-pixels", min=1, help=MAX_PIXELS_HELP),
+    max_question_chars: int = typer.Option(MAX_QUESTION_CHARS, "--max-question-chars", min=1,
+                                           help=MAX_CHARS_HELP),
     debug: Debug = False,
 ):
     """Check every row of a dataset. Exit 0: all valid; 1: some rows invalid; 2: unreadable."""
     console = Console(highlight=False, soft_wrap=True)
     report = engine.validate_dataset(path, on_bad=lambda line: console.print(line, markup=False),
-                                     image_root=image_root)
+                                     image_root=image_root, max_image_pixels=max_image_pixels,
+                                     max_question_chars=max_question_chars)
     console.print(f"{report.total} rows: {report.valid} valid, {report.invalid} invalid")
     raise typer.Exit(1 if report.invalid else 0)
 

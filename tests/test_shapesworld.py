@@ -171,3 +171,33 @@ def test_demo_samples_are_english_about_shapes_and_mixed(demos):
     readings = [w.read(q, t, w.Scene.from_json(truths[rid])) for rid, q, t in con.execute(
         "SELECT s.rid, r.question, s.text FROM sample s JOIN record r USING (rid)")]
     assert any(r.hallucinations for r in readings) and any(r == w.Reading(0, 0) for r in readings)
+
+
+def test_training_goes_on_in_chunks_until_the_held_out_target_or_the_cap():
+    import torch
+
+    from dpo_engine.demo.train_common import _train_until
+
+    def run(target, extra):
+        torch.manual_seed(0)
+        model = torch.nn.Linear(1, 1)
+        x = torch.linspace(-1, 1, 32)[:, None]
+        losses, measures = [], []
+
+        def loss(step):
+            value = ((model(x) - 3 * x) ** 2).mean()
+            losses.append(step)
+            return value
+
+        def measure():  # "held-out accuracy": how close the slope is to 3
+            measures.append(len(losses))
+            return 1 - min(1.0, abs(model.weight.item() - 3) / 3)
+
+        score = _train_until(model, 20, 0.05, loss, lambda line: None, "toy", measure, target, extra, chunk=10)
+        return score, losses, measures
+
+    met, losses, measures = run(target=0.0, extra=100)  # met at once: no extra steps
+    assert losses == list(range(20)) and measures == [20]
+    capped, losses, measures = run(target=2.0, extra=30)  # never met: stops at the cap, in chunks
+    assert losses == list(range(50)) and measures == [20, 30, 40, 50]  # steps number on across chunks
+    assert capped > met  # the extra steps helped

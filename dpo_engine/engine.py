@@ -356,14 +356,19 @@ def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> E
         if not left:
             return export(store, out, fmt, columns=pipeline.export_columns, settings_hash=newest)
         finished = store.complete_hash()
+        process = store.process_info()
     finally:
         store.close()
-    unfinished = f"the newest run on {work_dir} (settings {newest}) is unfinished ({left} record-stages to go)"
+    live = process is not None and _live(process)
+    unfinished = (f"the newest run on {work_dir} (settings {newest}) is "
+                  + (f"live (pid {process.pid} on {process.host}), " if live else "unfinished, ")
+                  + f"{left} record-stages to go")
     kept = Path(work_dir) / OUTPUT
     if finished is None or settings_hash_of(kept) != finished:
         raise DpoEngineError(unfinished + ("" if finished is None else
                                            f", and the dataset of the last finished run ({finished}) is gone"),
-                             "finish it: the same `dpo-engine run` command resumes it")
+                             f"export when it has finished (`dpo-engine status {work_dir}` shows its progress)"
+                             if live else "finish it: the same `dpo-engine run` command resumes it")
     if fmt != "rlaif-v":
         raise DpoEngineError(unfinished + f"; the last finished run ({finished}) is kept as rlaif-v only",
                              "export --format rlaif-v, or finish the newer run first")

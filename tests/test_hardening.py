@@ -191,3 +191,30 @@ def test_a_damaged_weights_file_is_named_before_any_stage_runs(tiny_models, tmp_
         proc = cli(*run_args(models, data, tmp_path / damage), check=False)
         assert proc.returncode != 0 and str(weights) in proc.stderr.replace("\n", ""), proc.stderr
         assert not (tmp_path / damage / "engine.db").exists()  # refused before the run began
+
+
+def test_export_during_a_live_run_says_so_and_writes_nothing(tiny_models, tmp_path):
+    import signal
+    import time
+
+    from test_resume import done_count
+
+    data = write_parquet(tmp_path / "d.parquet", shapes_rows(12))
+    work = tmp_path / "work"
+    args = run_args(tiny_models, data, work, "--batch-size", "1", "--max-new-tokens", "48")
+    proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *args], cwd=REPO,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while done_count(work / "engine.db", "sample") < 1:
+            assert proc.poll() is None and time.time() < deadline, "the run ended or stalled"
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGSTOP)  # live, and holding still
+        out = tmp_path / "pairs.parquet"
+        exported = cli("export", work, "--out", out, check=False)
+        assert exported.returncode != 0 and f"is live (pid {proc.pid}" in exported.stderr, exported.stderr
+        assert "dpo-engine status" in exported.stderr and not out.exists()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -199,7 +199,7 @@ def test_export_during_a_live_run_says_so_and_writes_nothing(tiny_models, tmp_pa
 
     from test_resume import done_count
 
-    data = write_parquet(tmp_path / "d.parquet", shapes_rows(12))
+    data = write_parquet(tmp_path / "d.parquet", shapes_rows(6))
     work = tmp_path / "work"
     args = run_args(tiny_models, data, work, "--batch-size", "1", "--max-new-tokens", "48")
     proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *args], cwd=REPO,

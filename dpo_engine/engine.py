@@ -117,8 +117,9 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
 
     observer = observer or Silent()
     pipeline = validate(config, pipeline)
+    # unreadable data fails here, before any model loads
     source = open_dataset(config.dataset, config.image_root, max_image_pixels=config.max_image_pixels,
-                          max_question_chars=config.max_question_chars)  # unreadable data fails here, before any model loads
+                          max_question_chars=config.max_question_chars)
     paths = pipeline.model_paths(config)
     for role in pipeline.roles:
         check_model_folder(paths[role.name], role, config.trust_remote_code)
@@ -257,7 +258,7 @@ def _claim(work: Path, models: dict[str, str], *, restart: bool) -> Store:
             raise busy(info)  # --restart would delete a live run's store
         for suffix in ("", "-wal", "-shm"):
             (work / (DB_NAME + suffix)).unlink(missing_ok=True)
-    store = Store.in_work_dir(work, check=(work / DB_NAME).exists())  # a damaged store is refused here
+    store = Store.in_work_dir(work, check=True)  # a damaged store left by a crash is refused here
     pid, host = identity()
     live = store.process_started(pid, host, models, refuse=_live)
     if live is not None:

@@ -15,6 +15,7 @@ import sys
 import pytest
 
 from conftest import REPO, cli, run_args, shapes_rows, write_parquet
+from dpo_engine.monitor import pid_alive
 
 
 def _namespaces_work() -> bool:
@@ -85,12 +86,16 @@ def test_a_full_disk_stops_the_run_with_a_clear_message_and_a_rerun_resumes(tiny
     assert (tmp_path / "again.parquet").read_bytes() == (reference / "dataset" / "dpo_dataset.parquet").read_bytes()
 
 
-def test_a_damaged_store_is_refused_by_run_and_export(finished_run, tmp_path):
+def test_a_damaged_store_left_by_a_crash_is_refused_by_run_and_export(finished_run, tmp_path):
     work, args = finished_run
     copy = tmp_path / "work"
     shutil.copytree(work, copy)
     db = copy / "engine.db"
-    con = sqlite3.connect(db)
+    # A process that dies with the store open leaves its write-ahead log behind: not closed cleanly.
+    subprocess.run([sys.executable, "-c", "import os, sqlite3, sys; c = sqlite3.connect(sys.argv[1]); "
+                    "c.execute('SELECT COUNT(*) FROM record').fetchone(); os._exit(0)", str(db)], check=True)
+    assert (copy / "engine.db-wal").exists()
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     page_size = con.execute("PRAGMA page_size").fetchone()[0]
     root = con.execute("SELECT rootpage FROM sqlite_master WHERE name = 'stage_state'").fetchone()[0]
     con.close()
@@ -143,13 +148,6 @@ def _children(pid: int) -> dict[int, str]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
 def test_killing_the_demo_with_kill_9_takes_its_training_process_with_it(tmp_path):
     import signal
@@ -167,13 +165,13 @@ def test_killing_the_demo_with_kill_9_takes_its_training_process_with_it(tmp_pat
             lane = [pid for pid, cmd in _children(proc.pid).items() if "spawn_main" in cmd]
             time.sleep(0.2)
         time.sleep(2)  # the child is past its start and training
-        assert _alive(lane[0])
+        assert pid_alive(lane[0])
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         deadline = time.time() + 10
-        while _alive(lane[0]) and time.time() < deadline:
+        while pid_alive(lane[0]) and time.time() < deadline:
             time.sleep(0.1)
-        assert not _alive(lane[0]), "the training process outlived the demo"
+        assert not pid_alive(lane[0]), "the training process outlived the demo"
     finally:
         if proc.poll() is None:
             proc.kill()

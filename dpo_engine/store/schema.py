@@ -158,19 +158,16 @@ def _open_readonly(path: Path) -> sqlite3.Connection:
     from urllib.parse import quote
 
     base = "file:" + quote(str(path.absolute()))
-    for mode in ("mode=ro", "immutable=1"):
-        conn = _connect(f"{base}?{mode}", uri=True)
-        try:
-            conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
-            return conn
-        except sqlite3.OperationalError:
-            conn.close()
-            if mode != "mode=ro":
-                raise
-        except BaseException:
-            conn.close()
-            raise
-    raise AssertionError("unreachable")
+    conn = _connect(base + "?mode=ro", uri=True)
+    try:
+        conn.execute("SELECT COUNT(*) FROM sqlite_master").fetchone()
+        return conn
+    except sqlite3.OperationalError:
+        conn.close()  # no shared-memory file possible here: read the file as it is
+    except BaseException:
+        conn.close()
+        raise
+    return _connect(base + "?immutable=1", uri=True)
 
 
 class StoreBase:
@@ -182,8 +179,11 @@ class StoreBase:
     def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False, check: bool = False):
         """Open (``create``: or make) the store at ``path``. ``readonly``: for the commands that
         only read (status, export, the dashboard), which then work on a read-only mount too.
-        ``check``: run SQLite's ``quick_check`` first and refuse a damaged file."""
+        ``check``: when the store was not closed cleanly (its write-ahead log is still there:
+        a crash, or a run that is live), run SQLite's ``quick_check`` first and refuse a damaged
+        file. Not on every open: it reads every page, and a store holds its records' images."""
         self.path = Path(path)
+        unclean = Path(f"{self.path}-wal").exists()
         self.readonly = readonly
         if not (create and not readonly) and not self.path.is_file():
             raise StoreError(f"{self.path} does not exist",
@@ -195,7 +195,7 @@ class StoreBase:
         try:
             self.conn = _open_readonly(self.path) if readonly else _connect(str(self.path))
             self.conn.execute("PRAGMA cache_size = -65536")
-            if check:
+            if check and unclean:
                 self._check_integrity()
             if readonly:
                 self._check_version()

@@ -74,7 +74,10 @@ class RunConfig:
     model_fingerprints: dict[str, str] = field(default_factory=dict)
 
     def model_path(self, role: str) -> str | None:
-        """The checkpoint configured for a model role, or None."""
+        """The checkpoint configured for a model role, or None. The ``reference`` role (the
+        implicit reward's denominator) is the instruct model unless set apart."""
+        if role == "reference" and not self.models.get(role):
+            return self.models.get("instruct") or None
         return self.models.get(role) or None
 
     def backend_for(self, use: str) -> str:

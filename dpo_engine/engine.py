@@ -399,55 +399,6 @@ def validate_dataset(path: str | Path, on_bad=None, image_root: str | Path | Non
     return check(path, on_bad=on_bad, image_root=image_root, **caps)
 
 
-@dataclass
-class DemoResult:
-    summary: RunSummary
-    quality: dict
-    examples: list[dict]
-    models_dir: Path
-    dataset: Path
-    roles: tuple[str, ...]
-
-
-def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int = 60, sample_k: int = 10,
-             max_new_tokens: int = 40, seed: int = 0, backend: str = "hf", score_backend: str = "auto",
-             observer: Observer | None = None) -> DemoResult:
-    """Train the ShapesWorld models (once per work dir), draw a dataset, run the pipeline on
-    them and measure the pairs against the world's truth (``WORK_DIR/quality.json``)."""
-    import itertools
-    import json
-
-    from .demo.quality import quality_report
-    from .demo.trainers import build_world_models
-    from .demo.world import write_dataset
-    from .pipelines import get_pipeline
-
-    observer = observer or Silent()
-    work = Path(work_dir)
-    chosen = get_pipeline(pipeline)
-    roles = tuple(role.name for role in chosen.roles)
-    models_dir = work / "models"
-    dataset = work / "data" / "demo.parquet"
-    paths = build_world_models(models_dir, roles=roles, seed=seed, log=lambda line: observer.note(line, "detail"))
-    if not dataset.exists():
-        # Multi-claim questions only: on one-token yes/no answers the implicit reward of a model
-        # this small is close to a coin flip (see README), which would say nothing about the engine.
-        write_dataset(dataset, n=records, seed=seed, yes_no_share=0.0)
-    config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work),
-                       models={role: str(paths[role]) for role in roles},
-                       sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed, backend=backend,
-                       score_backend=score_backend)
-    summary = run_pipeline(config, observer, pipeline=chosen)
-    store = Store.in_work_dir(work, create=False)
-    try:
-        report = quality_report(store).to_dict()
-        examples = list(itertools.islice(store.iter_kept_pairs(), 3))
-    finally:
-        store.close()
-    (work / "quality.json").write_text(json.dumps({pipeline: report}, indent=2) + "\n")
-    return DemoResult(summary, report, examples, models_dir, dataset, roles)
-
-
 def train_run(source: str | Path, out: str | Path, *, model: str | Path | None = None,
               settings: TrainSettings | None = None, trust_remote_code: bool = False,
               log=lambda line: None) -> TrainReport:

@@ -25,10 +25,14 @@ class Role:
     kind: str
     flag: str  # the CLI option that names it
     hint: str = ""
+    default: str | None = None  # the role whose model serves this one when it is not set apart
 
 
 INSTRUCT = Role("instruct", "image-text", "--instruct-model", "pass the folder of the model to be trained")
 REWARD = Role("reward", "image-text", "--reward-model", "pass the folder of a DPO-trained reward VLM")
+# dpo_reward: the model the reward model was DPO-trained from, the denominator of its implicit
+# reward; unset, the instruct model (as the reference computes it).
+REFERENCE = Role("reference", "image-text", "--reference-model", default="instruct")
 LABELER = Role("labeler", "image-text", "--labeler-model")
 SPLIT = Role("split", "chat", "--split-model")
 QUESTION = Role("question", "chat", "--question-model")

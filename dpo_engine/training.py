@@ -33,6 +33,7 @@ class TrainSettings:
     grad_accum: int = 1
     max_steps: int = -1  # > 0 overrides epochs
     lora_rank: int = 0  # 0: full fine-tuning
+    sft_weight: float = 0.0  # > 0: add the chosen answers' NLL (TRL's "sft" loss) with this weight
     save_steps: int = 50
     seed: int = 0
     device: str = "auto"  # auto, cpu or cuda
@@ -40,6 +41,8 @@ class TrainSettings:
     def check(self) -> None:
         if self.beta <= 0 or self.learning_rate <= 0 or self.batch_size < 1 or self.grad_accum < 1:
             raise ConfigError("--beta, --lr, --batch-size and --grad-accum must be positive")
+        if self.sft_weight < 0:
+            raise ConfigError("--sft-weight must be 0 or more")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("nothing to train: --epochs and --max-steps are both 0")
 
@@ -145,7 +148,9 @@ def train_dpo(pairs: str | Path, model: str | Path, out: str | Path, settings: T
                        gradient_accumulation_steps=settings.grad_accum, seed=settings.seed, data_seed=settings.seed,
                        save_strategy="steps", save_steps=settings.save_steps, save_total_limit=2,
                        logging_steps=max(1, min(10, settings.save_steps)), report_to=[], use_cpu=not cuda,
-                       bf16=cuda, disable_tqdm=False)
+                       bf16=cuda, disable_tqdm=False,
+                       loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
+                       loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None)
     trainer = DPOTrainer(model=network, args=config, train_dataset=table, processing_class=processor,
                          peft_config=peft_config)
     log(f"training {model} on {len(table)} pairs" + (f", resuming from {last}" if last else ""))

@@ -16,17 +16,19 @@ class LogpsStage(ModelStage):
     reads = ("records", "samples")
     after = ("sample",)
 
-    def __init__(self, role: str):
+    def __init__(self, role: str, model_role: str | None = None):
+        """``role`` names the log-probs it writes; ``model_role`` the model that computes them
+        (default: the role's own)."""
         self.role = role
         self.name = f"logps_{role}"
-        self.model_role = role
+        self.model_role = model_role or role
         self.writes = (f"logprob:{role}",)
 
     model_use = "score"
     path_use = "score"
 
     def settings(self, config) -> dict:
-        return {"model": config.model_id(self.role), "dtype": config.dtype, **self.backend_settings(config)}
+        return {"model": config.model_id(self.model_role), "dtype": config.dtype, **self.backend_settings(config)}
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()

@@ -46,9 +46,14 @@ class Dashboard(App):
         Binding("q", "quit", "quit"),
     ]
 
-    def __init__(self, work_dir: str | Path, *, interval: float = 1.0, clock: Callable[[], float] = time.time):
+    def __init__(self, work_dir: str | Path, *, interval: float = 1.0, clock: Callable[[], float] = time.time,
+                 follow: Callable[[], tuple[Path, str]] | None = None):
+        """``follow``, when given, is asked before every poll for the work dir to show and a
+        label for it (an iteration moves from one round's work dir to the next)."""
         super().__init__()
         self.db_path = Path(work_dir) / DB_NAME
+        self.follow = follow
+        self.label = str(self.db_path.parent)
         self.interval = interval
         self.clock = clock
         self.snapshot: Snapshot | None = None
@@ -69,7 +74,7 @@ class Dashboard(App):
         yield Footer()
 
     def on_mount(self) -> None:
-        self.sub_title = str(self.db_path.parent)
+        self.sub_title = self.label
         self._poll()
 
     # ------------------------------------------------------------------ polling
@@ -79,6 +84,13 @@ class Dashboard(App):
             if self._closed:
                 return
             try:
+                if self.follow is not None:
+                    folder, self.label = self.follow()
+                    if Path(folder) / DB_NAME != self.db_path:
+                        if self._reader is not None:
+                            self._reader.close()
+                            self._reader = None
+                        self.db_path = Path(folder) / DB_NAME
                 if self._reader is None:
                     self._reader = Store(self.db_path, create=False, readonly=True)
                 snap = take_snapshot(self._reader, self.clock())
@@ -90,7 +102,8 @@ class Dashboard(App):
     def on_snapshot_ready(self, message: SnapshotReady) -> None:
         snap = self.snapshot = message.snapshot
         self.polls += 1
-        self.query_one(RunHeader).show(snap)
+        self.sub_title = self.label
+        self.query_one(RunHeader).show(snap, self.label if self.follow is not None else None)
         self.query_one(StageTable).show(snap)
         self.query_one(ThroughputChart).show(snap)
         self.query_one(DevicePanel).show(snap)
@@ -150,9 +163,10 @@ async def _screenshot(app: Dashboard, path: Path, size: tuple[int, int]) -> None
 
 
 def screenshot(work_dir: str | Path, path: str | Path, *, size: tuple[int, int] = (120, 36),
-               clock: Callable[[], float] = time.time) -> Path:
+               clock: Callable[[], float] = time.time,
+               follow: Callable[[], tuple[Path, str]] | None = None) -> Path:
     """Render one frame of the dashboard headless into an SVG file."""
     path = Path(path).resolve()
     path.parent.mkdir(parents=True, exist_ok=True)
-    asyncio.run(_screenshot(Dashboard(work_dir, clock=clock), path, size))
+    asyncio.run(_screenshot(Dashboard(work_dir, clock=clock, follow=follow), path, size))
     return path

@@ -19,7 +19,7 @@ from .. import __version__, engine
 from ..config import MAX_IMAGE_PIXELS, MAX_QUESTION_CHARS, RunConfig
 from ..errors import ConfigError, Terminated
 from ..store import DB_NAME
-from .output import print_status, report_error, status_json
+from .output import report_error, show_status
 
 app = typer.Typer(
     name="dpo-engine",
@@ -114,6 +114,9 @@ def run(
         "divide_and_conquer: may name all three reward-side models as LABELER,CHANGEQ,SPLIT."),
     pipeline: str = typer.Option("dpo_reward", "--pipeline", "--pipeline_name",
                                  help="Scoring pipeline: dpo_reward or divide_and_conquer."),
+    reference_model: Optional[Path] = typer.Option(
+        None, "--reference-model", help="dpo_reward: the model the reward model was DPO-trained from, the "
+        "implicit reward's denominator (default: the instruct model, as the reference computes it)."),
     labeler_model: Optional[Path] = typer.Option(
         None, "--labeler-model", help="divide_and_conquer: the VLM that answers each claim's yes/no question."),
     split_model: Optional[Path] = typer.Option(
@@ -201,7 +204,7 @@ def run(
         console.print("[dim]note: stages resume by themselves; --run_stage/--continue_from_stage are ignored[/]")
     if reward_model_python_path:
         console.print("[dim]note: --reward_model_python_path is not needed: all models run in this process[/]")
-    models = {"instruct": str(instruct_model),
+    models = {"instruct": str(instruct_model), "reference": str(reference_model) if reference_model else None,
               **_reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
     config = RunConfig(
         pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
@@ -301,17 +304,20 @@ def dashboard(
     Keys: p pause/resume the run (it stops between batches), r retry failed items, o open the
     record browser (n/p next/previous, escape back), q quit. The dashboard only reads the store,
     apart from those requests, and never slows the run."""
+    from ..iterate import follow_rounds
     from ..tui.app import Dashboard
     from ..tui.app import screenshot as take_screenshot
 
-    engine.check_work_dir(work_dir)  # a clear error for a wrong folder
+    follow = follow_rounds(work_dir)  # an iteration's folder: show the round being worked on
+    if follow is None:
+        engine.check_work_dir(work_dir)  # a clear error for a wrong folder
     if interval <= 0:
         raise ConfigError("--interval must be > 0")
     if screenshot is not None:
-        path = take_screenshot(work_dir, screenshot)
+        path = take_screenshot(work_dir, screenshot, follow=follow)
         Console().print(f"wrote {path}", highlight=False, markup=False)
         return
-    Dashboard(work_dir, interval=interval).run()
+    Dashboard(work_dir, interval=interval, follow=follow).run()
 
 
 # ---------------------------------------------------------------------------------- status
@@ -322,12 +328,9 @@ def status(
     json_out: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     debug: Debug = False,
 ):
-    """Show each stage's done/pending/failed counts and throughput (safe while a run writes)."""
-    snap = engine.read_status(work_dir)
-    if json_out:
-        print(status_json(snap))
-    else:
-        print_status(Console(), work_dir, snap)
+    """Show each stage's done/pending/failed counts and throughput (safe while a run writes);
+    for an iteration's folder (`dpo-engine iterate`), its rounds and the current round's stages."""
+    show_status(work_dir, json_out, Console())
 
 
 # ---------------------------------------------------------------------------------- export
@@ -402,6 +405,13 @@ def demo(
     seed: int = typer.Option(0, "--seed", help="Seeds the world, the training and the run."),
     backend: str = typer.Option("hf", "--backend", help=BACKEND_HELP),
     score_backend: str = typer.Option("auto", "--score-backend", help=SCORE_BACKEND_HELP),
+    rounds: int = typer.Option(0, "--iterate", min=0, help="Instead: iterate this many rounds (run, train on the "
+                               "pairs, sample from the trained model), --records new questions each, and measure "
+                               "every round's model on held-out questions against a random-pair control "
+                               "(WORK_DIR/iterate.json, iterate.svg)."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="--iterate: training updates per round (default: 4 "
+                                  "epochs)."),
+    held_out: int = typer.Option(96, "--held-out", min=1, help="--iterate: held-out images (10 answers each)."),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
     debug: Debug = False,
 ):
@@ -411,11 +421,22 @@ def demo(
     5 for divide_and_conquer; once per WORK_DIR) into WORK_DIR/models/ROLE/, draws a dataset of coloured-shape images to
     WORK_DIR/data/demo.parquet, runs the pipeline with WORK_DIR as its work dir and writes how
     often the chosen answer hallucinates less than the rejected one to WORK_DIR/quality.json."""
-    from .render import RichObserver, print_quality, print_summary
+    from .. import showcase
+    from .render import RichObserver, print_iterate, print_quality, print_summary
 
     console = err_console if json_out else Console(soft_wrap=True)
+    if rounds:
+        with RichObserver(console) as observer:
+            done = showcase.run_iterate_demo(work_dir, pipeline=pipeline, rounds=rounds, records=records,
+                                             sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed,
+                                             max_steps=max_steps, held_out=held_out, observer=observer,
+                                             log=lambda line: console.print(line, markup=False, highlight=False))
+        print_iterate(console, done.results, work_dir)
+        if json_out:
+            print(json.dumps(done.results))
+        return
     with RichObserver(console) as observer:
-        result = engine.run_demo(work_dir, pipeline=pipeline, records=records, sample_k=sample_k,
+        result = showcase.run_demo(work_dir, pipeline=pipeline, records=records, sample_k=sample_k,
                                  max_new_tokens=max_new_tokens, seed=seed, backend=backend,
                                  score_backend=score_backend, observer=observer)
     print_summary(console, result.summary)
@@ -426,48 +447,6 @@ def demo(
                   f"next:    dpo-engine status {work_dir}", highlight=False, markup=False)
     if json_out:
         print(json.dumps({**result.summary.to_dict(), "quality": result.quality}))
-
-
-@app.command()
-@handle_errors
-def train(
-    source: Path = typer.Argument(..., help="A work dir of a finished run (its pairs are exported in TRL's "
-                                  "format first) or a TRL-format parquet (`export --format trl`)."),
-    out: Path = typer.Option(..., "--out", help="Folder for the trained model; `run --instruct-model OUT` "
-                             "loads it. TRL's checkpoints go to OUT/checkpoints and a rerun resumes from them."),
-    model: Optional[Path] = typer.Option(None, "--model", help="The model to train (default: the run's "
-                                         "instruct model)."),
-    beta: float = typer.Option(0.1, "--beta", help="DPO beta."),
-    lr: float = typer.Option(5e-7, "--lr", help="Learning rate (the reference: 5e-7)."),
-    epochs: float = typer.Option(4.0, "--epochs", help="Passes over the pairs (the reference: 4)."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Pairs per device per step."),
-    grad_accum: int = typer.Option(1, "--grad-accum", help="Steps whose gradients add up to one update."),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Stop after this many updates (overrides --epochs)."),
-    lora_rank: int = typer.Option(0, "--lora-rank", help="Train LoRA adapters of this rank (0: all weights); "
-                                  "they are merged into the saved model."),
-    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every this many updates."),
-    seed: int = typer.Option(0, "--seed", help="Seeds TRL's shuffling and initialisation."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with "
-                                           "the checkpoint."),
-    debug: Debug = False,
-):
-    """DPO-train the instruct model on a run's pairs with TRL (pip install 'dpo-engine[train]')."""
-    from ..training import TrainSettings
-
-    settings = TrainSettings(beta=beta, learning_rate=lr, epochs=epochs, batch_size=batch_size,
-                             grad_accum=grad_accum, max_steps=max_steps, lora_rank=lora_rank,
-                             save_steps=save_steps, seed=seed, device=device)
-    console = Console()
-    report = engine.train_run(source, out, model=model, settings=settings, trust_remote_code=trust_remote_code,
-                              log=lambda line: console.print(line, markup=False, highlight=False))
-    if report.already_done:
-        console.print(f"{out} already holds this model ({report.pairs} pairs, {report.steps} steps)",
-                      markup=False, highlight=False)
-        return
-    console.print(f"trained on {report.pairs} pairs, {report.steps} steps in {report.seconds:.0f}s: "
-                  f"{report.out}\nnext:    dpo-engine run --instruct-model {report.out} ...",
-                  markup=False, highlight=False)
 
 
 def main() -> None:

@@ -23,16 +23,11 @@ def run_fast(argv: list[str]) -> int | None:
         return None
     from rich.console import Console
 
-    from ..engine import read_status
-    from .output import print_status, report_error, status_json
+    from .output import report_error, show_status
 
     try:
-        snap = read_status(positional[0])
+        show_status(positional[0], "--json" in flags, Console())
     except Exception as exc:  # noqa: BLE001 - reported as one line, as every command does
         return report_error(exc, Console(stderr=True, soft_wrap=True), "--debug" in flags)
-    if "--json" in flags:
-        print(status_json(snap))
-    else:
-        print_status(Console(), positional[0], snap)
     sys.stdout.flush()
     return 0

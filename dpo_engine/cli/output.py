@@ -11,6 +11,7 @@ import signal
 import time
 import traceback
 from dataclasses import asdict
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
@@ -101,3 +102,35 @@ def print_status(console: Console, work_dir, snap) -> None:
                             f["stage"] or "-", f"{f['heartbeat_age']}s ago" if f["heartbeat_age"] is not None
                             else "-", str(f["items"]), f"{f['items_per_s']:.2f}" if f["items_per_s"] else "-")
         console.print(workers)
+
+
+def show_status(work_dir, json_out: bool, console: Console) -> None:
+    """``status``: a run's stages; for an iteration (``dpo-engine iterate``) its rounds too,
+    and the stages of the round being worked on."""
+    from ..engine import read_status
+    from ..iterate import current_round, is_iterate_dir, read_rounds
+    from ..store import DB_NAME
+
+    if not is_iterate_dir(work_dir):
+        snap = read_status(work_dir)
+        print(status_json(snap)) if json_out else print_status(console, work_dir, snap)
+        return
+    plan, rounds = read_rounds(work_dir)
+    now = current_round(work_dir)
+    snap = read_status(now.work_dir) if now and (Path(now.work_dir) / DB_NAME).is_file() else None
+    if json_out:
+        print(json.dumps({"iterate": {"rounds_planned": plan.get("rounds"), "current": now.round if now else None,
+                                      "rounds": [asdict(r) for r in rounds]},
+                          "run": json.loads(status_json(snap)) if snap else None}))
+        return
+    table = Table("round", "step", "samples from", "records", "pairs", "seconds (run/export/train)")
+    for r in rounds:
+        secs = "/".join(f"{r.seconds[k]:.0f}" if k in r.seconds else "-" for k in ("run", "export", "train"))
+        table.add_row(str(r.round), r.step, Text(r.instruct), str(r.records if r.records is not None else "-"),
+                      str(r.pairs if r.pairs is not None else "-"), secs)
+    console.print(Text.assemble((str(work_dir), "bold"), f"  iteration: {plan.get('rounds')} rounds, "
+                                f"{plan.get('pipeline')}"))
+    console.print(table)
+    if snap is not None:
+        console.print(Text(f"round {now.round}:", style="bold"))
+        print_status(console, now.work_dir, snap)

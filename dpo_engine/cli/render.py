@@ -91,3 +91,17 @@ def print_quality(console: Console, q: dict, examples: list[dict]) -> None:
     for row in examples:
         console.print(Text.assemble((row["question"], "bold"), f"\n  chosen:   {row['chosen']}\n"
                                     f"  rejected: {row['rejected']}"), highlight=False)
+
+
+def print_iterate(console: Console, results: dict, work_dir) -> None:
+    """The iterated demo's held-out figures per round: our pairs against the control."""
+    for pipeline, entry in results.items():
+        table = Table("round", "hallucination rate", "omission rate", "control: hallucination", "control: omission",
+                      "pairs", "pair accuracy", title=pipeline)
+        for ours, control in zip(entry["rounds"], entry["control"]):
+            table.add_row(str(ours["round"]), f"{ours['hallucination_rate']:.3f}", f"{ours['omission_rate']:.3f}",
+                          f"{control['hallucination_rate']:.3f}", f"{control['omission_rate']:.3f}",
+                          str(ours["pairs"] if ours["pairs"] is not None else "-"),
+                          f"{ours['pair_accuracy']:.3f}" if ours["pair_accuracy"] is not None else "-")
+        console.print(table)
+    console.print(f"results: {work_dir}/iterate.json\nchart:   {work_dir}/iterate.svg", markup=False, highlight=False)

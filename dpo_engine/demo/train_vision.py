@@ -312,29 +312,3 @@ def train_labeler(instruct: Path, out: Path, seed: int, log, steps: int = 800, p
     _train_until(model, steps, 5e-4, loss, log, "labeler", lambda: labeler_accuracy(model, processor, seed),
                  target=LABELER_TARGET, extra=extra_steps)
     return _save(model, processor, out, "labeler", seed, log)
-
-
-def sample_quality(path: str | Path, n: int = 48, k: int = 10, seed: int = 123,
-                   temperature: float = 0.7) -> dict:
-    """Sample answers from a ShapesWorld VLM through the normal adapter and read them:
-    the share of answers with a hallucination, and of records with both kinds."""
-    import io
-
-    from PIL import Image
-
-    from dpo_engine.models.hf.vlm import ImageTextModel
-
-    rng = random.Random(seed)
-    model = ImageTextModel(path, device="cpu")
-    scenes = [world.random_scene(rng) for _ in range(n)]
-    questions = [world.questions_for(s, rng, yes_no_share=0.25) for s in scenes]
-    images = [Image.open(io.BytesIO(world.render(s, rng))).convert("RGB") for s in scenes]
-    gens = model.generate(images, questions, keys=list(range(n)), k=k, max_new_tokens=40,
-                          temperature=temperature, seed=seed)
-    halluc = mixed = 0
-    for scene, q, answers in zip(scenes, questions, gens):
-        flags = [world.read(q, g.text, scene).hallucinations > 0 for g in answers]
-        halluc += sum(flags)
-        mixed += any(flags) and not all(flags)
-    return {"hallucinated_share": halluc / (n * k), "mixed_records": mixed / n,
-            "example": gens[0][0].text}

@@ -34,7 +34,7 @@ from dpo_engine.demo.train_text import (  # noqa: F401
     train_text_roles)
 from dpo_engine.demo.train_vision import (  # noqa: F401
     HALLUCINATION_SHARE, PATCH, _easy_labeler_question, _mixed_question, _pretrain_vision, _processor,
-    _prompt_ids, _run_checks, _sequence_logps, _vlm_config, _VlmData, check_claim, place_check, sample_quality,
+    _prompt_ids, _run_checks, _sequence_logps, _vlm_config, _VlmData, check_claim, place_check,
     train_instruct, train_labeler, train_reward)
 
 ROLES = ("instruct", "reward", "labeler", "split", "question")

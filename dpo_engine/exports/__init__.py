@@ -114,7 +114,7 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v", columns: Sequenc
     chosen_words = rejected_words = 0
     rids: set[int] = set()
     with atomic_file(out) as fh, pq.ParquetWriter(fh, schema, compression="zstd") as writer:
-        for row in store.iter_kept_pairs():
+        for row in store.iter_kept_pairs(logps=_instruct_logps(store)):
             n_pairs += 1
             pending += 1
             rids.add(row["rid"])
@@ -136,6 +136,15 @@ def export(store: Store, out: str | Path, fmt: str = "rlaif-v", columns: Sequenc
 
 
 _OURS = b"dpo_engine"
+
+
+def _instruct_logps(store: Store) -> bool:
+    """Whether the store's ``instruct`` log-probs are the instruct model's own: not when a
+    dpo_reward run scored them with a reference model of its own (``--reference-model``); a
+    trainer's DPO reference is the model it trains, so such log-probs are left out."""
+    info = store.run_info()
+    models = info.settings.get("models", {}) if info else {}
+    return models.get("reference") in (None, models.get("instruct"))
 
 
 def settings_hash_of(path: str | Path) -> str | None:

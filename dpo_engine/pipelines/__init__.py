@@ -58,6 +58,9 @@ def validate(config: RunConfig, pipeline: Pipeline | None = None) -> Pipeline:
     pipeline = pipeline or get_pipeline(config.pipeline)
     config.validate()
     missing = [role for role in pipeline.roles if not config.model_path(role.name)]
+    unused = sorted(set(config.models) - {role.name for role in pipeline.roles})
+    if unused:
+        raise ConfigError(f"the {pipeline.name} pipeline has no {', '.join(unused)} model", "leave that option out")
     if missing:
         hint = pipeline.missing_hint or (missing[0].hint if len(missing) == 1 else "")
         raise ConfigError(f"the {pipeline.name} pipeline needs {', '.join(r.flag for r in missing)}",

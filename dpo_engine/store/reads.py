@@ -153,9 +153,9 @@ class StoreReads(StoreBase):
             " ORDER BY p.rid, p.ord", upstream)
 
     # ------------------------------------------------------------------ reading results
-    def iter_kept_pairs(self) -> Iterator[dict]:
+    def iter_kept_pairs(self, logps: bool = True) -> Iterator[dict]:
         """The output rows in order: record fields, chosen/rejected text and the instruct
-        model's log-probs of both (for the RLAIF-V ``logps`` column)."""
+        model's log-probs of both (for the RLAIF-V ``logps`` column; None without ``logps``)."""
         sql = (
             "SELECT k.rid, rec.idx_value, rec.question, rec.image, rec.image_path, rec.extra,"
             " c.text, r.text, c.n_words, r.n_words,"
@@ -171,8 +171,9 @@ class StoreReads(StoreBase):
         keys = ("rid", "idx_value", "question", "image", "image_path", "extra", "chosen", "rejected",
                 "chosen_words", "rejected_words", "chosen_logp", "chosen_avg_logp", "chosen_per_token",
                 "rejected_logp", "rejected_avg_logp", "rejected_per_token", "chosen_idx", "rejected_idx")
+        blank = dict.fromkeys(keys[10:16]) if not logps else {}
         for row in self.conn.execute(sql):
-            yield dict(zip(keys, row))
+            yield {**dict(zip(keys, row)), **blank}
 
     def claims_of(self, rid: int, inner_idx: int) -> list[tuple]:
         """(fact, check question, p_yes, p_no) of each claim of one answer, in order; the

@@ -20,7 +20,8 @@ class RunHeader(Static):
     }
     """
 
-    def show(self, snap: Snapshot) -> None:
+    def show(self, snap: Snapshot, where: str | None = None) -> None:
+        """``where``: a line above the run's, e.g. the round of an iteration it belongs to."""
         grid = Table.grid(expand=True, padding=(0, 2))
         grid.add_column(ratio=3)
         grid.add_column(ratio=2, justify="right")
@@ -39,4 +40,6 @@ class RunHeader(Static):
         grid.add_row(Text(models or "models: —", style="dim", overflow="ellipsis", no_wrap=True),
                      Text(f"{snap.dataset or '?'}  {total} records ({invalid} invalid)", style="dim",
                           overflow="ellipsis", no_wrap=True))
+        if where:
+            grid.add_row(Text(where, style="bold cyan", overflow="ellipsis", no_wrap=True), "")
         self.update(grid)

@@ -213,16 +213,13 @@ def write_slices(dataset: str, work: Path, rounds: int, seed: int, image_root: s
             if "idx" not in row and "question_id" not in row:
                 row["idx"] = row_no
             image = row.get("image")
-            if isinstance(image, dict):
-                path = image.get("path")
-                if not image.get("bytes") and isinstance(path, str) and path and not Path(path).is_absolute():
-                    image = {**image, "path": str(base / path)}
+            if isinstance(image, dict):  # {bytes, path}: JSONL has image (base64) and image_path
                 row["image"] = image.get("bytes") or None
                 if image.get("path") and not row.get("image_path"):
                     row["image_path"] = image["path"]
-            if isinstance(row.get("image_path"), str) and row["image_path"] and \
-                    not Path(row["image_path"]).is_absolute():
-                row["image_path"] = str(base / row["image_path"])
+            path = row.get("image_path")
+            if not row.get("image") and isinstance(path, str) and path and not Path(path).is_absolute():
+                row["image_path"] = str(base / path)  # read from there; a path beside bytes is kept as given
             files[which[row_no]].write(json.dumps(plain(row), default=str) + "\n")
     for tmp, path in zip(staged, paths):
         tmp.replace(path)

@@ -67,7 +67,7 @@ def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int
 # small needs a far larger step. With pure DPO at this rate the tiny model drifts into broken
 # sentences (fewer mentions, so fewer hallucinations, but most objects left out): the chosen
 # answers' NLL beside it (weight 1) keeps it speaking, ours and the control alike.
-DEMO_TRAIN = {"beta": 0.1, "learning_rate": 3e-4, "epochs": 4.0, "batch_size": 8, "sft_weight": 0.3,
+DEMO_TRAIN = {"beta": 0.1, "learning_rate": 1e-4, "epochs": 4.0, "batch_size": 8, "sft_weight": 0.3,
               "save_steps": 4}
 
 
@@ -79,7 +79,7 @@ class IterateDemoResult:
 
 
 def run_iterate_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", rounds: int = 2,
-                     records: int = 80, sample_k: int = 10, max_new_tokens: int = 40, seed: int = 0,
+                     records: int = 150, sample_k: int = 10, max_new_tokens: int = 40, seed: int = 0,
                      max_steps: int = -1, held_out: int = 96, observer: Observer | None = None,
                      log=lambda line: None) -> IterateDemoResult:
     """``rounds`` rounds of ``dpo-engine iterate`` in ShapesWorld (``records`` new questions
@@ -105,5 +105,5 @@ def run_iterate_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", roun
                        max_new_tokens=max_new_tokens, seed=seed)
     train = TrainSettings(**DEMO_TRAIN, max_steps=max_steps, seed=seed)
     states = iterate(config, IterateSettings(rounds=rounds, split_seed=seed, train=train), observer, log=log)
-    entry = measure(loop, states, Path(paths["instruct"]), train, seed, held_out, log)
+    entry = measure(loop, config, states, Path(paths["instruct"]), train, seed, held_out, observer, log)
     return IterateDemoResult(states, record(work, pipeline, entry), work)

@@ -25,7 +25,7 @@ pytestmark = pytest.mark.demo  # the ShapesWorld rounds are among the suite's lo
 from dpo_engine.dataset import iter_records, open_dataset  # noqa: E402
 from dpo_engine.iterate import write_slices  # noqa: E402
 
-DEMO = ("--iterate", "2", "--records", "10", "--sample-k", "4", "--max-steps", "6", "--held-out", "12")
+DEMO = ("--iterate", "2", "--records", "10", "--sample-k", "4", "--max-steps", "24", "--held-out", "12")
 
 
 def _rows_of(path: Path) -> list:

@@ -399,7 +399,8 @@ def demo(
     work_dir: Path = typer.Argument(Path("demo-run"), help="Where the demo's models, data and run go."),
     pipeline: str = typer.Option("dpo_reward", "--pipeline",
                                  help="Scoring pipeline: dpo_reward or divide_and_conquer."),
-    records: int = typer.Option(60, "--records", help="ShapesWorld records to draw."),
+    records: Optional[int] = typer.Option(None, "--records", help="ShapesWorld records to draw (default 60; "
+                                          "with --iterate, 150 per round)."),
     sample_k: int = typer.Option(10, "--sample-k", help="Answers sampled per question."),
     max_new_tokens: int = typer.Option(40, "--max-new-tokens", help="Longest sampled answer."),
     seed: int = typer.Option(0, "--seed", help="Seeds the world, the training and the run."),
@@ -427,7 +428,7 @@ def demo(
     console = err_console if json_out else Console(soft_wrap=True)
     if rounds:
         with RichObserver(console) as observer:
-            done = showcase.run_iterate_demo(work_dir, pipeline=pipeline, rounds=rounds, records=records,
+            done = showcase.run_iterate_demo(work_dir, pipeline=pipeline, rounds=rounds, records=records or 150,
                                              sample_k=sample_k, max_new_tokens=max_new_tokens, seed=seed,
                                              max_steps=max_steps, held_out=held_out, observer=observer,
                                              log=lambda line: console.print(line, markup=False, highlight=False))
@@ -436,7 +437,7 @@ def demo(
             print(json.dumps(done.results))
         return
     with RichObserver(console) as observer:
-        result = showcase.run_demo(work_dir, pipeline=pipeline, records=records, sample_k=sample_k,
+        result = showcase.run_demo(work_dir, pipeline=pipeline, records=records or 60, sample_k=sample_k,
                                  max_new_tokens=max_new_tokens, seed=seed, backend=backend,
                                  score_backend=score_backend, observer=observer)
     print_summary(console, result.summary)

@@ -10,9 +10,14 @@ same way on pairs drawn at random from the same samples.
 
 Entry ``r`` describes the model after ``r`` rounds of training (0: the untrained instruct
 model); its ``pairs`` and ``pair_accuracy`` are those of the pairs made from its own samples
-(the next round's run; none for the last model). The control's round ``r`` model is its round
-``r-1`` model trained on as many pairs as ours in round ``r``, on the same records, each pair
-two of that record's samples drawn at random, with the same settings.
+(the next round's run; none for the last model).
+
+The control iterates the same way with random preferences: its round ``r`` model is its round
+``r-1`` model trained, with the same settings, on as many pairs as ours in round ``r``, on the
+same records, each pair two of that record's answers drawn at random from the samples of the
+control's own round ``r-1`` model (in round 1 these are our samples: the same model, the same
+seed). Drawing the later rounds' control pairs from *our* samples instead would hand the
+control the gains of our training (the chosen answers' NLL distils the better model into it).
 """
 
 from __future__ import annotations
@@ -56,9 +61,10 @@ def held_out(path: str | Path, n: int = HELD_OUT, k: int = HELD_OUT_K, seed: int
                    round(sum(r.omissions > 0 for r in readings) / len(readings), 4))
 
 
-def write_control_pairs(round_dir: Path, pairs: Path, out: Path, seed: int) -> int:
-    """Our round's TRL pairs with chosen and rejected replaced by two of the same record's
-    samples drawn at random (seeded): the same images, prompts and number of pairs."""
+def write_control_pairs(round_dir: Path, samples_dir: Path, out: Path, seed: int) -> int:
+    """Our round's TRL pairs with chosen and rejected replaced by two answers to the same
+    record drawn at random (seeded) from the samples in ``samples_dir``'s store (a run on the
+    same slice): the same images, prompts and number of pairs."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -67,6 +73,11 @@ def write_control_pairs(round_dir: Path, pairs: Path, out: Path, seed: int) -> i
     store = Store.in_work_dir(round_dir, create=False, readonly=True)
     try:
         rids = [row["rid"] for row in store.iter_kept_pairs()]  # the order the export wrote
+    finally:
+        store.close()
+    pairs = round_dir / "pairs.trl.parquet"
+    store = Store.in_work_dir(samples_dir, create=False, readonly=True)
+    try:
         texts = {rid: [s.text for s in store.samples_of(rid)] for rid in set(rids)}
     finally:
         store.close()
@@ -89,9 +100,12 @@ def write_control_pairs(round_dir: Path, pairs: Path, out: Path, seed: int) -> i
     return table.num_rows
 
 
-def measure(work: Path, states, base: Path, settings, seed: int, n: int, log) -> dict:
+def measure(work: Path, config, states, base: Path, settings, seed: int, n: int, observer, log) -> dict:
     """Held-out figures (on ``n`` images) per round for our chain of models and for the
     control's, the pair accuracy of each round's pairs; returns an ``iterate.json`` entry."""
+    from dataclasses import replace
+
+    from .. import engine
     from ..store import Store
     from ..training import train_dpo
     from .quality import quality_report
@@ -116,8 +130,16 @@ def measure(work: Path, states, base: Path, settings, seed: int, n: int, log) ->
         if r > 0:
             state = states[r - 1]
             folder = work / "control" / f"round-{r}"
+            samples = Path(state.work_dir)
+            if r > 1:  # the control's own model answers this round's questions
+                samples = folder / "run"
+                models = {**config.models, "instruct": str(previous)}
+                if "reward" in models:
+                    models["reference"] = config.model_path("instruct")
+                engine.run_pipeline(replace(config, dataset=str(work / "slices" / f"round-{r}.jsonl"),
+                                            work_dir=str(samples), models=models), observer)
             pairs = folder / "pairs.trl.parquet"
-            write_control_pairs(Path(state.work_dir), Path(state.work_dir) / "pairs.trl.parquet", pairs, seed + r)
+            write_control_pairs(Path(state.work_dir), samples, pairs, seed + r)
             train_dpo(pairs, previous, folder / "model", settings, log=log)
             previous = folder / "model"
         figures = held_out(previous, n)
@@ -130,7 +152,7 @@ def measure(work: Path, states, base: Path, settings, seed: int, n: int, log) ->
 def chart(results: dict, out: Path) -> Path:
     """An SVG line chart: held-out hallucination rate per round, each pipeline's pairs against
     its random-pair control."""
-    width, height, left, bottom, top, right = 560, 320, 60, 40, 30, 170
+    width, height, left, bottom, top, right = 660, 320, 60, 40, 30, 230
     series = []
     palette = {"dpo_reward": "#1f77b4", "divide_and_conquer": "#2ca02c"}
     for pipeline, entry in results.items():

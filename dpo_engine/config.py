@@ -46,6 +46,7 @@ class RunConfig:
     temperature: float = 0.7
     max_new_tokens: int = 512
     beta: float = 0.1
+    reward_margin: float = 0.0  # dpo_reward: a pair's chosen reward sum must exceed its rejected one's by more
     rank: int = 3
     distance: int = 25
     strict_follow_rank: bool = False

@@ -227,9 +227,17 @@ def write_slices(dataset: str, work: Path, rounds: int, seed: int, image_root: s
 
 
 # ---------------------------------------------------------------------------------- the loop
+# Run settings that say where and how fast a round runs, not what it computes: a rerun may change them.
+_HOW = ("work_dir", "dataset", "device", "dtype", "batch_size", "workers", "devices", "executor", "ray_address",
+        "lease_seconds", "backend", "score_backend", "gpu_memory_utilization", "max_model_len",
+        "tensor_parallel_size", "trust_remote_code", "model_fingerprints", "shared_tokenizer")
+
+
 def _plan_settings(config: RunConfig, settings: IterateSettings) -> dict:
-    """What must stay the same for a rerun to continue this iteration."""
-    return {"dataset": str(Path(config.dataset).resolve()), "pipeline": config.pipeline, "models": config.models,
+    """What must stay the same for a rerun to continue this iteration (a finished round is not
+    run again, so a changed pairing or sampling setting could not reach it)."""
+    what = {k: v for k, v in asdict(config).items() if k not in _HOW}
+    return {**json.loads(json.dumps(what)), "dataset": str(Path(config.dataset).resolve()),
             "rounds": settings.rounds, "split_seed": settings.split_seed, "train": asdict(settings.train),
             "train_cmd": settings.train_cmd, "reward_models": list(settings.reward_models),
             "reference": settings.reference}

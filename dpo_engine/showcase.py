@@ -69,6 +69,10 @@ def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int
 # answers' NLL beside it (weight 1) keeps it speaking, ours and the control alike.
 DEMO_TRAIN = {"beta": 0.1, "learning_rate": 1e-4, "epochs": 4.0, "batch_size": 8, "sft_weight": 0.3,
               "save_steps": 4}
+# dpo_reward's rounds pair answers only when the reward tells them apart by more than this:
+# after round 1 the model answers most questions alike, and pairs of two faithful answers with
+# nearly equal rewards (ties, as the world's reader sees them) made up half of round 2's pairs.
+DEMO_REWARD_MARGIN = 0.5
 
 
 @dataclass
@@ -102,7 +106,8 @@ def run_iterate_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", roun
     loop = work / pipeline
     config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(loop),
                        models={role: str(paths[role]) for role in roles}, sample_k=sample_k,
-                       max_new_tokens=max_new_tokens, seed=seed)
+                       max_new_tokens=max_new_tokens, seed=seed,
+                       reward_margin=DEMO_REWARD_MARGIN if pipeline == "dpo_reward" else 0.0)
     train = TrainSettings(**DEMO_TRAIN, max_steps=max_steps, seed=seed)
     states = iterate(config, IterateSettings(rounds=rounds, split_seed=seed, train=train), observer, log=log)
     entry = measure(loop, config, states, Path(paths["instruct"]), train, seed, held_out, observer, log)

@@ -12,6 +12,8 @@
 Beyond the reference: a pair needs its chosen answer to out-score its rejected one. With the
 default k=10 and rank=3 the two candidate sets never overlap and this changes nothing; with a
 small k (say 4) they do, and the reference would emit pairs whose "chosen" scored lower.
+``reward_margin`` (default 0, the reference's behaviour) asks for more: a reward sum higher by
+more than that, which drops pairs of answers the reward model barely tells apart.
 
 ``ScorePairStage`` (divide_and_conquer): every two answers whose scores differ by at least
 ``score_gap`` make a pair, the higher score chosen; then at most ``pairs_per_question`` of
@@ -55,9 +57,10 @@ class PairStage(ModelFree):
     writes = ("pairs",)
 
     def settings(self, config) -> dict:
+        margin = {"reward_margin": config.reward_margin} if config.reward_margin else {}  # 0: hashes as before
         return {"rank": config.rank, "distance": config.distance,
                 "strict_follow_rank": config.strict_follow_rank,
-                "ngram": config.ngram, "jaccard_threshold": config.jaccard_threshold}
+                "ngram": config.ngram, "jaccard_threshold": config.jaccard_threshold, **margin}
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()
@@ -81,7 +84,7 @@ class PairStage(ModelFree):
                               if abs(c[0].n_words - r[0].n_words) < config.distance]
             order = 0
             for (cs, cr), (rs, rr) in candidates:
-                if cs.inner_idx != rs.inner_idx and cr.sum > rr.sum:
+                if cs.inner_idx != rs.inner_idx and cr.sum - rr.sum > config.reward_margin:
                     out.pairs.append(PairRow(rid, order, cs.inner_idx, rs.inner_idx))
                     order += 1
         return out

@@ -135,6 +135,8 @@ def run(
                                  help="Pair answers only if their word counts differ by less than this."),
     strict_follow_rank: bool = typer.Option(False, "--strict-follow-rank", "--strict_follow_rank",
                                             help="Pair the i-th best with the i-th worst only."),
+    reward_margin: float = typer.Option(0.0, "--reward-margin", min=0.0, help="dpo_reward: pair answers only if "
+                                        "the chosen one's reward sum is higher by more than this (0: the reference)."),
     seed: int = typer.Option(0, "--seed", help="Seeds sampling, shuffles and random choices."),
     batch_size: int = typer.Option(4, "--batch-size", "--batch_size", help="Records per model batch."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", "--max_new_tokens",
@@ -214,7 +216,7 @@ def run(
         split_prompt=str(split_prompt) if split_prompt else None,
         question_prompt=str(question_prompt) if question_prompt else None,
         sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
-        rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, seed=seed,
+        rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, reward_margin=reward_margin, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype, workers=workers,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
         executor=executor, ray_address=ray_address, lease_seconds=lease_seconds,
@@ -421,7 +423,11 @@ def demo(
     Trains small ShapesWorld models offline (on a 2-core CPU about 3 minutes for dpo_reward,
     5 for divide_and_conquer; once per WORK_DIR) into WORK_DIR/models/ROLE/, draws a dataset of coloured-shape images to
     WORK_DIR/data/demo.parquet, runs the pipeline with WORK_DIR as its work dir and writes how
-    often the chosen answer hallucinates less than the rejected one to WORK_DIR/quality.json."""
+    often the chosen answer hallucinates less than the rejected one to WORK_DIR/quality.json.
+
+    With --iterate N: N rounds of `dpo-engine iterate` (run, train on the pairs with TRL, sample
+    from the trained model), then every round's model and a random-pair control answer held-out
+    questions: WORK_DIR/iterate.json and the chart WORK_DIR/iterate.svg. Rerun to resume."""
     from .. import showcase
     from .render import RichObserver, print_iterate, print_quality, print_summary
 

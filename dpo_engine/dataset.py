@@ -111,9 +111,12 @@ def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception]]:
             import pyarrow.parquet as pq
 
             try:
-                pf = pq.ParquetFile(f)
+                # A buffered stream without pre-buffering reads column chunks piecewise: on a
+                # 2,000 x 100 KB file, peak memory 537 -> 403 MB written as one row group and
+                # 314 -> 136 MB in groups of 64 (benchmarks/ingest_memory.py).
+                pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
                 n = 0
-                for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS):
+                for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False):
                     for row in batch.to_pylist():
                         yield f"{f.name}:{n}", row
                         n += 1

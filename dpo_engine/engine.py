@@ -377,6 +377,18 @@ def export_run(work_dir: str | Path, out: str | Path, fmt: str = "rlaif-v") -> E
                    note=f"{unfinished}; wrote the pairs of the last finished run (settings {finished})")
 
 
+def export_samples(work_dir: str | Path, out: str | Path, fmt: str = "parquet") -> int:
+    """Write one row per sampled answer with everything the stages computed for it (see
+    ``exports.samples``); works on an unfinished run too. Returns the number of rows."""
+    from .exports.samples import export_samples as write
+
+    store = Store.in_work_dir(work_dir, create=False, readonly=True, check=True)
+    try:
+        return write(store, out, fmt)
+    finally:
+        store.close()
+
+
 def read_status(work_dir: str | Path) -> StatusSnapshot:
     """Each stage's done/pending/failed counts and throughput; safe while a run writes."""
     store = Store.in_work_dir(work_dir, create=False, readonly=True)

@@ -340,14 +340,24 @@ def status(
 @handle_errors
 def export(
     work_dir: Path = typer.Argument(..., help="A work dir used by `dpo-engine run`."),
-    fmt: str = typer.Option("rlaif-v", "--format",
-                            help="rlaif-v (the reference's parquet; logps where the store has them), "
-                                 "rlaif-v-logps (logps required on every pair), trl (TRL DPOTrainer, "
-                                 "vision), llama-factory (ShareGPT ranking data), ms-swift (RLHF rows)."),
-    out: Path = typer.Option(..., "--out", help="Parquet file to write."),
+    fmt: Optional[str] = typer.Option(None, "--format",
+                                      help="pairs: rlaif-v (the default: the reference's parquet; logps where "
+                                      "the store has them), rlaif-v-logps (logps required on every pair), trl (TRL "
+                                      "DPOTrainer, vision), llama-factory (ShareGPT ranking data), ms-swift (RLHF "
+                                      "rows). samples: parquet (the default) or jsonl."),
+    out: Path = typer.Option(..., "--out", help="File to write."),
+    what: str = typer.Option("pairs", "--what", help="pairs (the training dataset) or samples (one row per "
+                             "sampled answer with its log-probs, rewards, claims, score and pair status)."),
     debug: Debug = False,
 ):
-    """Write the run's pairs as a parquet dataset in the chosen format."""
+    """Write the run's pairs as a parquet dataset in the chosen format, or every sample."""
+    if what == "samples":
+        rows = engine.export_samples(work_dir, out, fmt or "parquet")
+        Console().print(f"wrote {rows} samples to {out}", markup=False, highlight=False)
+        return
+    if what != "pairs":
+        raise ConfigError(f"--what {what!r}: use pairs or samples")
+    fmt = fmt or "rlaif-v"
     report = engine.export_run(work_dir, out, fmt)
     console = Console()
     if report.note:

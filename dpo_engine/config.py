@@ -47,6 +47,9 @@ class RunConfig:
     max_new_tokens: int = 512
     beta: float = 0.1
     reward_margin: float = 0.0  # dpo_reward: a pair's chosen reward sum must exceed its rejected one's by more
+    # "reference": dpo_reward pairs and rewards as the reference's code computes them (always
+    # strict pairing in its order, no chosen-above-rejected check, beta twice in avg); "off": ours.
+    compat: str = "off"
     rank: int = 3
     distance: int = 25
     strict_follow_rank: bool = False
@@ -105,6 +108,7 @@ class RunConfig:
         """The checks every pipeline shares; a pipeline adds its own (``Pipeline.check``)."""
         checks = [
             (self.sample_k >= 2, "--sample-k must be at least 2 (pairs need two answers)"),
+            (self.compat in ("off", "reference"), "--compat must be off or reference"),
             (self.temperature >= 0, "--temperature must be >= 0"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
             (self.rank >= 1, "--rank must be >= 1"),

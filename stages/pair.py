@@ -15,6 +15,11 @@ small k (say 4) they do, and the reference would emit pairs whose "chosen" score
 ``reward_margin`` (default 0, the reference's behaviour) asks for more: a reward sum higher by
 more than that, which drops pairs of answers the reward model barely tells apart.
 
+``compat="reference"`` pairs as the reference's code does rather than as its names say: always
+strict (its pipeline passes ``distance`` where ``strict_follow_rank`` goes), the rejected
+candidates in descending reward order too (so rank 3 pairs the 1st with the 8th, the 2nd with
+the 9th, the 3rd with the 10th), and no chosen-above-rejected check.
+
 ``ScorePairStage`` (divide_and_conquer): every two answers whose scores differ by at least
 ``score_gap`` make a pair, the higher score chosen; then at most ``pairs_per_question`` of
 them are drawn at random, from a stream seeded by (seed, record) so a rerun draws the same.
@@ -57,10 +62,12 @@ class PairStage(ModelFree):
     writes = ("pairs",)
 
     def settings(self, config) -> dict:
-        margin = {"reward_margin": config.reward_margin} if config.reward_margin else {}  # 0: hashes as before
+        # Settings at their defaults stay out, so the hashes of earlier runs stay the same.
+        margin = {"reward_margin": config.reward_margin} if config.reward_margin else {}
+        compat = {"compat": config.compat} if config.compat != "off" else {}
         return {"rank": config.rank, "distance": config.distance,
                 "strict_follow_rank": config.strict_follow_rank,
-                "ngram": config.ngram, "jaccard_threshold": config.jaccard_threshold, **margin}
+                "ngram": config.ngram, "jaccard_threshold": config.jaccard_threshold, **margin, **compat}
 
     def process(self, batch: Batch, model, config) -> Outputs:
         out = Outputs()
@@ -76,15 +83,17 @@ class PairStage(ModelFree):
             top = {s.inner_idx for s, _ in by_sum[:k]} & {s.inner_idx for s, _ in by_avg[:k]}
             bottom = {s.inner_idx for s, _ in by_sum[-k:]} & {s.inner_idx for s, _ in by_avg[-k:]}
             chosen = [x for x in by_sum if x[0].inner_idx in top]
-            rejected = [x for x in reversed(by_sum) if x[0].inner_idx in bottom]  # worst first
-            if config.strict_follow_rank:
+            reference = config.compat == "reference"
+            # ours: worst first, so the best meets the worst; the reference: best first
+            rejected = [x for x in (by_sum if reference else reversed(by_sum)) if x[0].inner_idx in bottom]
+            if config.strict_follow_rank or reference:
                 candidates = list(zip(chosen, rejected))
             else:
                 candidates = [(c, r) for c in chosen for r in rejected
                               if abs(c[0].n_words - r[0].n_words) < config.distance]
             order = 0
             for (cs, cr), (rs, rr) in candidates:
-                if cs.inner_idx != rs.inner_idx and cr.sum - rr.sum > config.reward_margin:
+                if cs.inner_idx != rs.inner_idx and (reference or cr.sum - rr.sum > config.reward_margin):
                     out.pairs.append(PairRow(rid, order, cs.inner_idx, rs.inner_idx))
                     order += 1
         return out

@@ -24,10 +24,12 @@ class RewardStage(ModelFree):
     writes = ("rewards",)
 
     def settings(self, config) -> dict:
-        return {"beta": config.beta, "shared_tokenizer": config.shared_tokenizer}
+        compat = {"compat": config.compat} if config.compat != "off" else {}  # off: hashes as before
+        return {"beta": config.beta, "shared_tokenizer": config.shared_tokenizer, **compat}
 
     def process(self, batch: Batch, model, config) -> Outputs:
         beta = config.beta
+        avg_scale = beta if config.compat == "reference" else 1.0  # the reference applies beta twice to avg
         out = Outputs()
         inst_all = batch.logprobs.get("instruct", {})
         rew_all = batch.logprobs.get("reward", {})
@@ -53,10 +55,11 @@ class RewardStage(ModelFree):
             sums = np.add.reduceat(d, starts) * beta
             mins = np.minimum.reduceat(d, starts) * beta
             lasts = d[starts + n_inst - 1] * beta
-            avgs = sums / n_inst
+            avgs = sums / n_inst * avg_scale
             for (rid, j), s, a, mn, ls in zip(keys, sums.tolist(), avgs.tolist(), mins.tolist(), lasts.tolist()):
                 out.rewards.append(RewardRow(rid, j, s, a, mn, ls))
         else:
             for (rid, j), i, r in zip(keys, inst_rows, rew_rows):
-                out.rewards.append(RewardRow(rid, j, beta * (r.sum - i.sum), beta * (r.avg - i.avg), None, None))
+                out.rewards.append(RewardRow(rid, j, beta * (r.sum - i.sum), beta * (r.avg - i.avg) * avg_scale,
+                                             None, None))
         return out

@@ -137,6 +137,8 @@ def run(
                                             help="Pair the i-th best with the i-th worst only."),
     reward_margin: float = typer.Option(0.0, "--reward-margin", min=0.0, help="dpo_reward: pair answers only if "
                                         "the chosen one's reward sum is higher by more than this (0: the reference)."),
+    compat: str = typer.Option("off", "--compat", help="reference: dpo_reward pairs and rewards exactly as the "
+                               "reference's code computes them (see the README's differences table); off: ours."),
     seed: int = typer.Option(0, "--seed", help="Seeds sampling, shuffles and random choices."),
     batch_size: int = typer.Option(4, "--batch-size", "--batch_size", help="Records per model batch."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", "--max_new_tokens",
@@ -216,7 +218,7 @@ def run(
         split_prompt=str(split_prompt) if split_prompt else None,
         question_prompt=str(question_prompt) if question_prompt else None,
         sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
-        rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, reward_margin=reward_margin, seed=seed,
+        rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, reward_margin=reward_margin, compat=compat, seed=seed,
         batch_size=batch_size, device=device, dtype=dtype, workers=workers,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
         executor=executor, ray_address=ray_address, lease_seconds=lease_seconds,

@@ -1,0 +1,77 @@
+"""`--compat reference`: dpo_reward's pairs and rewards as the reference's code computes them,
+checked against hand-worked expectations."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dpo_engine.config import RunConfig
+from dpo_engine.stage import Batch, LogprobRow, RewardRow, SampleRow
+from stages.pair import PairStage
+from stages.reward import RewardStage
+
+
+def _config(**kw) -> RunConfig:
+    return RunConfig("dpo_reward", "d.parquet", "w", **kw)
+
+
+def _batch(words: list[int]) -> Batch:
+    """Ten answers of one record; answer j has reward 10 - j (so j=0 is best) and ``words[j]``
+    words, each text distinct enough never to be a near-duplicate."""
+    batch = Batch(rids=[0])
+    for j, n in enumerate(words):
+        text = " ".join(f"w{j}x{i}" for i in range(n))
+        batch.samples.setdefault(0, []).append(SampleRow(0, j, text, n, n, j))
+        batch.rewards.setdefault(0, []).append(RewardRow(0, j, 10.0 - j, (10.0 - j) / n, None, None))
+    return batch
+
+
+def _pairs(batch: Batch, config: RunConfig) -> list[tuple[int, int]]:
+    return [(p.chosen, p.rejected) for p in PairStage().process(batch, None, config).pairs]
+
+
+def test_the_reference_pairs_strictly_best_with_eighth_even_when_asked_for_distance():
+    batch = _batch([20] * 10)
+    assert _pairs(batch, _config(compat="reference")) == [(0, 7), (1, 8), (2, 9)]
+    assert _pairs(batch, _config(compat="reference", strict_follow_rank=True)) == [(0, 7), (1, 8), (2, 9)]
+    # ours: strict pairs the best with the worst; by default every chosen meets every rejected
+    assert _pairs(batch, _config(strict_follow_rank=True)) == [(0, 9), (1, 8), (2, 7)]
+    assert len(_pairs(batch, _config())) == 9
+
+
+def test_the_reference_never_uses_the_distance():
+    words = [10, 10, 10, 10, 10, 10, 10, 60, 60, 60]  # the rejected answers are 50 words longer
+    batch = _batch(words)
+    assert _pairs(batch, _config()) == []  # ours: |10 - 60| >= distance 25, no pair
+    assert _pairs(batch, _config(compat="reference")) == [(0, 7), (1, 8), (2, 9)]
+
+
+def test_the_reference_applies_beta_twice_to_avg_and_keeps_the_ranking():
+    rng = np.random.default_rng(0)
+    batch = Batch(rids=[0])
+    n = [3, 5, 4]
+    for role in ("instruct", "reward"):
+        for j, tokens in enumerate(n):
+            values = rng.normal(-2, 1, tokens).astype("<f4")
+            batch.logprobs.setdefault(role, {}).setdefault(0, []).append(
+                LogprobRow(0, j, role, tokens, float(values.sum()), float(values.mean()), values.tobytes()))
+    ours = RewardStage().process(batch, None, _config(beta=0.1)).rewards
+    reference = RewardStage().process(batch, None, _config(beta=0.1, compat="reference")).rewards
+    for a, b, tokens in zip(ours, reference, n):
+        d = (np.frombuffer(batch.logprobs["reward"][0][a.inner_idx].per_token, "<f4").astype(np.float64)
+             - np.frombuffer(batch.logprobs["instruct"][0][a.inner_idx].per_token, "<f4").astype(np.float64))
+        assert np.isclose(a.sum, 0.1 * d.sum()) and np.isclose(b.sum, a.sum)
+        assert np.isclose(a.avg, 0.1 * d.sum() / tokens) and np.isclose(b.avg, 0.1 * d.sum() / tokens * 0.1)
+    assert sorted(range(3), key=lambda j: ours[j].avg) == sorted(range(3), key=lambda j: reference[j].avg)
+
+
+def test_compat_off_leaves_the_settings_hashes_as_they_were():
+    from dpo_engine.pipelines import get_pipeline, stage_hashes
+
+    stages = get_pipeline("dpo_reward").stages
+    # at their defaults the new settings are not hashed at all, so stores of earlier runs resume
+    assert all("compat" not in s.settings(_config()) and "reward_margin" not in s.settings(_config())
+               for s in stages)
+    changed = stage_hashes(stages, _config(compat="reference"))
+    assert changed["sample"] == stage_hashes(stages, _config())["sample"] and changed["pair"] != \
+        stage_hashes(stages, _config())["pair"]

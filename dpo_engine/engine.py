@@ -101,13 +101,14 @@ def _ingest(store: Store, source, dataset: str, observer: Observer) -> None:
 
 def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart: bool = False,
                  join: bool = False, pipeline: Pipeline | None = None,
-                 executor: Executor | None = None) -> RunSummary:
+                 executor: Executor | None = None, rerun_from: str | None = None) -> RunSummary:
     """Ingest the dataset, run every stage that has pending work, export, and summarise.
 
     ``pipeline`` defaults to the registered one named by ``config.pipeline``; ``executor`` to
     the one ``config`` asks for. Resumes by itself: only records not yet done under the current
     settings are computed. With ``join``, work on the live run of ``config.work_dir`` instead
-    of starting one: same settings, its records, more workers."""
+    of starting one: same settings, its records, more workers. ``rerun_from`` names a stage to
+    recompute, with every stage after it, for every record (the seed's ``--run_stage``)."""
     from .dataset import open_dataset
     from .exports import export
     from .monitor import Monitor
@@ -117,6 +118,12 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
 
     observer = observer or Silent()
     pipeline = validate(config, pipeline)
+    names = [s.name for s in pipeline.stages]
+    if rerun_from is not None and rerun_from not in names:
+        raise ConfigError(f"--run_stage {rerun_from!r} is not a stage of {pipeline.name}",
+                          f"its stages: {', '.join(names)}")
+    if rerun_from is not None and join:
+        raise ConfigError("--run_stage and --join do not go together", "rerun the stage from the run itself")
     # unreadable data fails here, before any model loads
     source = open_dataset(config.dataset, config.image_root, max_image_pixels=config.max_image_pixels,
                           max_question_chars=config.max_question_chars)
@@ -147,6 +154,12 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
             store.save_run(pipeline.name, config.dataset,
                            {**asdict(config), "stage_backends": backends, "stage_paths": stage_paths},
                            hashes, _versions())
+            if rerun_from is not None:
+                from .pipelines import downstream
+
+                again = [rerun_from, *downstream(pipeline.stages, rerun_from)]
+                store.forget_stages(again)
+                observer.note(f"recomputing {', '.join(again)} for every record")
 
         started = time.perf_counter()
         if not join:  # the run's own heartbeat and device samples; a joiner beats in its worker rows
@@ -387,6 +400,34 @@ def export_samples(work_dir: str | Path, out: str | Path, fmt: str = "parquet") 
         return write(store, out, fmt)
     finally:
         store.close()
+
+
+def write_debug(work_dir: str | Path) -> Path:
+    """``run --debug``: what every stage computed, as JSONL a person can read, in WORK_DIR/debug/:
+    ``samples.jsonl`` (see ``exports.samples``) and ``pairs.jsonl`` (every pair, before and
+    after the filters)."""
+    import json
+
+    from .exports._arrow import atomic_file
+    from .exports.samples import export_samples as write
+
+    folder = Path(work_dir) / "debug"
+    store = Store.in_work_dir(work_dir, create=False, readonly=True)
+    try:
+        write(store, folder / "samples.jsonl", "jsonl")
+        kept = {(rid, o) for rid, o in store.conn.execute("SELECT rid, ord FROM kept_pair")}
+        rows = store.conn.execute(
+            "SELECT r.idx, p.rid, p.ord, p.chosen, p.rejected, c.text, x.text FROM pair p"
+            " JOIN record r ON r.rid = p.rid JOIN sample c ON c.rid = p.rid AND c.inner_idx = p.chosen"
+            " JOIN sample x ON x.rid = p.rid AND x.inner_idx = p.rejected ORDER BY p.rid, p.ord").fetchall()
+        with atomic_file(folder / "pairs.jsonl") as fh:
+            for idx, rid, o, c, r, chosen, rejected in rows:
+                fh.write((json.dumps({"idx": idx, "ord": o, "chosen_inner_idx": c, "rejected_inner_idx": r,
+                                      "chosen": chosen, "rejected": rejected, "kept": (rid, o) in kept}) + "\n")
+                         .encode())
+    finally:
+        store.close()
+    return folder
 
 
 def read_status(work_dir: str | Path) -> StatusSnapshot:

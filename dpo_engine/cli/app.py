@@ -184,10 +184,14 @@ def run(
     dashboard: bool = typer.Option(False, "--dashboard",
                                    help="Show the live dashboard in this terminal while the run works "
                                    "(the run goes on in a child process, its log in WORK_DIR/run.log)."),
-    debug: Debug = False,
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks, and write what every stage computed "
+                               "to WORK_DIR/debug/ (samples.jsonl: each answer with its log-probs, rewards, "
+                               "claims and score; pairs.jsonl: every pair, kept or filtered out)."),
     reward_model_name: Optional[str] = typer.Option(None, "--reward_model_name", hidden=True),
     instruct_model_name: Optional[str] = typer.Option(None, "--instruct_model_name", hidden=True),
-    run_stage: Optional[str] = typer.Option(None, "--run_stage", hidden=True),
+    run_stage: Optional[str] = typer.Option(None, "--run_stage", "--run-stage", help="Recompute this stage and "
+                                            "every later one for every record (e.g. after fixing a model), keeping "
+                                            "the earlier stages' results."),
     continue_from_stage: Optional[str] = typer.Option(None, "--continue_from_stage", hidden=True),
     reward_model_python_path: Optional[str] = typer.Option(None, "--reward_model_python_path", hidden=True),
 ):
@@ -204,8 +208,8 @@ def run(
                         ("--instruct_model_name", instruct_model_name)):
         if value:
             console.print(f"[dim]note: {name} is not needed: the model family is read from config.json[/]")
-    if run_stage or continue_from_stage:
-        console.print("[dim]note: stages resume by themselves; --run_stage/--continue_from_stage are ignored[/]")
+    if continue_from_stage:
+        console.print("[dim]note: stages resume by themselves; --continue_from_stage is not needed[/]")
     if reward_model_python_path:
         console.print("[dim]note: --reward_model_python_path is not needed: all models run in this process[/]")
     models = {"instruct": str(instruct_model), "reference": str(reference_model) if reference_model else None,
@@ -229,8 +233,11 @@ def run(
     if join and restart:
         raise ConfigError("--join and --restart do not go together", "--join works on the live run as it is")
     with RichObserver(console) as observer:
-        summary = engine.run_pipeline(config, observer, restart=restart, join=join)
+        summary = engine.run_pipeline(config, observer, restart=restart, join=join, rerun_from=run_stage)
     print_summary(console, summary)
+    if debug:
+        folder = engine.write_debug(work_dir)
+        console.print(f"debug files: {folder}", markup=False, highlight=False)
     if json_out:
         print(json.dumps(summary.to_dict()))
     if summary.failed:

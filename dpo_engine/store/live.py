@@ -94,6 +94,13 @@ class StoreLive(StoreBase):
     def pending_requests(self) -> list[str]:
         return [a for (a,) in self.conn.execute("SELECT action FROM control WHERE handled IS NULL ORDER BY id")]
 
+    def forget_stages(self, stages: list[str]) -> int:
+        """Make every record pending again in these stages (their results are replaced as they
+        are recomputed)."""
+        with self.transaction() as c:
+            return c.execute(f"DELETE FROM stage_state WHERE stage IN ({','.join('?' * len(stages))})",
+                             stages).rowcount
+
     def requeue_failed(self) -> int:
         """Forget failed states so the failed records are pending again."""
         with self.transaction() as c:

@@ -23,33 +23,36 @@ def ingest(store: Store, source: DatasetSource, progress=None) -> IngestReport:
     a changed or missing row raises ``DatasetChanged``. Only new rows are decoded."""
     known = store.record_count()
     stored = store.iter_row_hashes()
-    chunk: list = []
-    added = invalid = total = 0
-    extra_names: dict[str, None] = {}
-    for rec in iter_records(source, check_from=known):
-        total += 1
-        for name in rec.extra:
-            extra_names.setdefault(name, None)
-        if rec.row < known:
-            rid, row_hash = next(stored)
-            if rid != rec.row or row_hash != rec.row_hash:
-                raise DatasetChanged(
-                    f"row {rec.row} ({rec.source}) differs from the row ingested into this work dir before",
-                    "pass --restart to start over, or use a new --work-dir")
-            continue
-        chunk.append(rec)
-        if len(chunk) >= CHUNK:
+    try:
+        chunk: list = []
+        added = invalid = total = 0
+        extra_names: dict[str, None] = {}
+        for rec in iter_records(source, check_from=known):
+            total += 1
+            for name in rec.extra:
+                extra_names.setdefault(name, None)
+            if rec.row < known:
+                rid, row_hash = next(stored)
+                if rid != rec.row or row_hash != rec.row_hash:
+                    raise DatasetChanged(
+                        f"row {rec.row} ({rec.source}) differs from the row ingested into this work dir before",
+                        "pass --restart to start over, or use a new --work-dir")
+                continue
+            chunk.append(rec)
+            if len(chunk) >= CHUNK:
+                invalid += store.insert_records(chunk)
+                added += len(chunk)
+                chunk = []
+                if progress:
+                    progress(added)
+        if chunk:
             invalid += store.insert_records(chunk)
             added += len(chunk)
-            chunk = []
-            if progress:
-                progress(added)
-    if chunk:
-        invalid += store.insert_records(chunk)
-        added += len(chunk)
-    if total < known:
-        raise DatasetChanged(
-            f"the dataset now has {total} rows but {known} were ingested into this work dir",
-            "pass --restart to start over, or use a new --work-dir")
+        if total < known:
+            raise DatasetChanged(
+                f"the dataset now has {total} rows but {known} were ingested into this work dir",
+                "pass --restart to start over, or use a new --work-dir")
+    finally:
+        stored.close()  # a refused dataset leaves the cursor unfinished
     store.note_extra_columns(extra_names)
     return IngestReport(total, added, invalid)

@@ -7,8 +7,8 @@ import numpy as np
 
 from dpo_engine.config import RunConfig
 from dpo_engine.stage import Batch, LogprobRow, RewardRow, SampleRow
-from stages.pair import PairStage
-from stages.reward import RewardStage
+from dpo_engine.stages.pair import PairStage
+from dpo_engine.stages.reward import RewardStage
 
 
 def _config(**kw) -> RunConfig:

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 from conftest import cli, run_args
 from dpo_engine.config import RunConfig
 from dpo_engine.stage import Batch, RewardRow, SampleRow
-from stages.pair import PairStage
+from dpo_engine.stages.pair import PairStage
 
 
 def test_samples_round_trip_through_the_pairing_rules(tiny_models, demo_parquet, tmp_path):

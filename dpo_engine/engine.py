@@ -415,16 +415,9 @@ def write_debug(work_dir: str | Path) -> Path:
     store = Store.in_work_dir(work_dir, create=False, readonly=True)
     try:
         write(store, folder / "samples.jsonl", "jsonl")
-        kept = {(rid, o) for rid, o in store.conn.execute("SELECT rid, ord FROM kept_pair")}
-        rows = store.conn.execute(
-            "SELECT r.idx, p.rid, p.ord, p.chosen, p.rejected, c.text, x.text FROM pair p"
-            " JOIN record r ON r.rid = p.rid JOIN sample c ON c.rid = p.rid AND c.inner_idx = p.chosen"
-            " JOIN sample x ON x.rid = p.rid AND x.inner_idx = p.rejected ORDER BY p.rid, p.ord").fetchall()
         with atomic_file(folder / "pairs.jsonl") as fh:
-            for idx, rid, o, c, r, chosen, rejected in rows:
-                fh.write((json.dumps({"idx": idx, "ord": o, "chosen_inner_idx": c, "rejected_inner_idx": r,
-                                      "chosen": chosen, "rejected": rejected, "kept": (rid, o) in kept}) + "\n")
-                         .encode())
+            for pair in store.iter_pairs_in_full():
+                fh.write((json.dumps(pair) + "\n").encode())
     finally:
         store.close()
     return folder

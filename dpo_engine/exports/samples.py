@@ -14,7 +14,6 @@ often it is the chosen or the rejected answer of a pair, before and after the fi
 from __future__ import annotations
 
 import json
-from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -44,45 +43,21 @@ SCHEMA = pa.schema([
 
 
 def _record_rows(store: Store, rid: int, idx: str, question: str) -> list[dict]:
-    conn = store.conn
-    logps: dict[int, list] = {}
-    for role, j, n, total, avg, per_token in conn.execute(
-            "SELECT role, inner_idx, n_tokens, sum, avg, per_token FROM logprob WHERE rid = ? ORDER BY role", (rid,)):
-        values = np.frombuffer(per_token, "<f4").tolist() if per_token is not None else None
-        logps.setdefault(j, []).append({"role": role, "n_tokens": n, "sum": total, "avg": avg, "per_token": values})
-    rewards = {j: (s, a, mn, last) for j, s, a, mn, last in conn.execute(
-        "SELECT inner_idx, sum, avg, min, last FROM reward WHERE rid = ?", (rid,))}
-    scores = {j: (s, n) for j, s, n in conn.execute("SELECT inner_idx, score, n_claims FROM score WHERE rid = ?",
-                                                    (rid,))}
-    claims: dict[int, list] = {}
-    for j, fact, question_text, p_yes, p_no in conn.execute(
-            "SELECT f.inner_idx, f.text, q.text, jd.p_yes, jd.p_no FROM fact f"
-            " LEFT JOIN check_question q ON q.rid = f.rid AND q.inner_idx = f.inner_idx AND q.ord = f.ord"
-            " LEFT JOIN judgment jd ON jd.rid = f.rid AND jd.inner_idx = f.inner_idx AND jd.ord = f.ord"
-            " WHERE f.rid = ? ORDER BY f.inner_idx, f.ord", (rid,)):
-        claims.setdefault(j, []).append({"fact": fact, "question": question_text, "p_yes": p_yes, "p_no": p_no})
-    notes: dict[int, list] = {}
-    for j, stage, reason in conn.execute("SELECT inner_idx, stage, reason FROM note WHERE rid = ? ORDER BY stage",
-                                         (rid,)):
-        notes.setdefault(j, []).append(f"{stage}: {reason}")
-    pairs = conn.execute("SELECT ord, chosen, rejected FROM pair WHERE rid = ?", (rid,)).fetchall()
-    kept = {o for (o,) in conn.execute("SELECT ord FROM kept_pair WHERE rid = ?", (rid,))}
-    chosen, rejected = Counter(c for _, c, _ in pairs), Counter(r for _, _, r in pairs)
-    kept_chosen = Counter(c for o, c, _ in pairs if o in kept)
-    kept_rejected = Counter(r for o, _, r in pairs if o in kept)
     rows = []
-    for s in store.samples_of(rid):
-        j = s.inner_idx
-        reward = rewards.get(j, (None,) * 4)
-        score = scores.get(j, (None, None))
-        in_kept = kept_chosen[j] + kept_rejected[j]
-        status = "kept" if in_kept else ("filtered" if chosen[j] + rejected[j] else "unpaired")
-        rows.append({"idx": idx, "question": question, "inner_idx": j, "text": s.text, "n_tokens": s.n_tokens,
-                     "n_words": s.n_words, "logps": logps.get(j, []), "reward_sum": reward[0],
+    for a in store.answers_in_full(rid):
+        s, reward, score = a["sample"], a["reward"], a["score"]
+        logps = [{**e, "per_token": np.frombuffer(e["per_token"], "<f4").tolist() if e["per_token"] is not None
+                  else None} for e in a["logps"]]
+        status = ("kept" if a["chosen_in_kept"] + a["rejected_in_kept"]
+                  else "filtered" if a["chosen_in_pairs"] + a["rejected_in_pairs"] else "unpaired")
+        rows.append({"idx": idx, "question": question, "inner_idx": s.inner_idx, "text": s.text,
+                     "n_tokens": s.n_tokens, "n_words": s.n_words, "logps": logps, "reward_sum": reward[0],
                      "reward_avg": reward[1], "reward_min": reward[2], "reward_last": reward[3],
-                     "claims": claims.get(j, []), "score": score[0], "n_claims": score[1], "notes": notes.get(j, []),
-                     "chosen_in_pairs": chosen[j], "rejected_in_pairs": rejected[j],
-                     "chosen_in_kept": kept_chosen[j], "rejected_in_kept": kept_rejected[j], "status": status})
+                     "claims": [dict(zip(("fact", "question", "p_yes", "p_no"), c)) for c in a["claims"]],
+                     "score": score[0], "n_claims": score[1], "notes": a["notes"],
+                     "chosen_in_pairs": a["chosen_in_pairs"], "rejected_in_pairs": a["rejected_in_pairs"],
+                     "chosen_in_kept": a["chosen_in_kept"], "rejected_in_kept": a["rejected_in_kept"],
+                     "status": status})
     return rows
 
 
@@ -96,9 +71,7 @@ def export_samples(store: Store, out: str | Path, fmt: str = "parquet") -> int:
         raise DpoEngineError(f"{out} is a folder", "name the file to write")
     if store.count("sample") == 0:
         raise DpoEngineError(f"{store.path} holds no samples yet", "run `dpo-engine run` first")
-    records = store.conn.execute(
-        "SELECT rid, idx, question FROM record WHERE valid = 1 AND rid IN (SELECT DISTINCT rid FROM sample)"
-        " ORDER BY rid").fetchall()
+    records = store.records_with_samples()
     n = 0
     with atomic_file(out) as fh:
         writer = pq.ParquetWriter(fh, SCHEMA, compression="zstd") if fmt == "parquet" else None

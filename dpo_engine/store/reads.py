@@ -249,9 +249,27 @@ class StoreReads(StoreBase):
                                 (rid,)).fetchone()
         if row is None:
             return None
-        rewards = {j: (s, a) for j, s, a in self.conn.execute(
-            "SELECT inner_idx, sum, avg FROM reward WHERE rid = ?", (rid,))}
-        scores = dict(self.conn.execute("SELECT inner_idx, score FROM score WHERE rid = ?", (rid,)))
+        rewards = self._rewards_by_answer(rid)
+        scores = {j: s for j, (s, _) in self._scores_by_answer(rid).items()}
+        claims = self._claims_by_answer(rid)
+        answers = [AnswerDetail(j, text, rewards[j][:2] if j in rewards else None, scores.get(j),
+                                tuple(claims.get(j, ())))
+                   for j, text in self.conn.execute(
+                       "SELECT inner_idx, text FROM sample WHERE rid = ? ORDER BY inner_idx", (rid,))]
+        return RecordDetail(row[0], row[1], row[2], row[3], bool(row[4]), row[5], answers, self._pairs_of(rid))
+
+    def _rewards_by_answer(self, rid: int) -> dict[int, tuple]:
+        """inner_idx -> (sum, avg, min, last) of one record's rewards."""
+        return {j: (s, a, mn, last) for j, s, a, mn, last in self.conn.execute(
+            "SELECT inner_idx, sum, avg, min, last FROM reward WHERE rid = ?", (rid,))}
+
+    def _scores_by_answer(self, rid: int) -> dict[int, tuple[int, int]]:
+        """inner_idx -> (score, n_claims) of one record's answers."""
+        return {j: (s, n) for j, s, n in self.conn.execute(
+            "SELECT inner_idx, score, n_claims FROM score WHERE rid = ?", (rid,))}
+
+    def _claims_by_answer(self, rid: int) -> dict[int, list[tuple]]:
+        """inner_idx -> [(fact, check question, p_yes, p_no), ...] in order."""
         claims: dict[int, list[tuple]] = {}
         for j, fact, question, p_yes, p_no in self.conn.execute(
             "SELECT f.inner_idx, f.text, q.text, jd.p_yes, jd.p_no FROM fact f"
@@ -259,13 +277,57 @@ class StoreReads(StoreBase):
             " LEFT JOIN judgment jd ON jd.rid = f.rid AND jd.inner_idx = f.inner_idx AND jd.ord = f.ord"
             " WHERE f.rid = ? ORDER BY f.inner_idx, f.ord", (rid,)):
             claims.setdefault(j, []).append((fact, question, p_yes, p_no))
-        answers = [AnswerDetail(j, text, rewards.get(j), scores.get(j), tuple(claims.get(j, ())))
-                   for j, text in self.conn.execute(
-                       "SELECT inner_idx, text FROM sample WHERE rid = ? ORDER BY inner_idx", (rid,))]
+        return claims
+
+    def _pairs_of(self, rid: int) -> list[tuple[int, int, bool]]:
+        """(chosen, rejected, kept in the output) of one record's pairs, in order."""
         kept = {o for (o,) in self.conn.execute("SELECT ord FROM kept_pair WHERE rid = ?", (rid,))}
-        pairs = [(chosen, rejected, o in kept) for o, chosen, rejected in self.conn.execute(
+        return [(chosen, rejected, o in kept) for o, chosen, rejected in self.conn.execute(
             "SELECT ord, chosen, rejected FROM pair WHERE rid = ? ORDER BY ord", (rid,))]
-        return RecordDetail(row[0], row[1], row[2], row[3], bool(row[4]), row[5], answers, pairs)
+
+    def records_with_samples(self) -> list[tuple[int, str, str]]:
+        """(rid, idx, question) of every valid record that has answers, in order."""
+        return self.conn.execute(
+            "SELECT rid, idx, question FROM record WHERE valid = 1 AND rid IN (SELECT DISTINCT rid FROM sample)"
+            " ORDER BY rid").fetchall()
+
+    def answers_in_full(self, rid: int) -> list[dict]:
+        """Everything the stages computed for each of one record's answers (``export --what
+        samples``): the sample, log-probs per role (per-token values as float32 bytes), reward,
+        score, claims, notes, and in how many pairs it is chosen/rejected, before and after
+        the filters."""
+        logps: dict[int, list] = {}
+        for role, j, n, total, avg, per_token in self.conn.execute(
+                "SELECT role, inner_idx, n_tokens, sum, avg, per_token FROM logprob WHERE rid = ? ORDER BY role",
+                (rid,)):
+            logps.setdefault(j, []).append({"role": role, "n_tokens": n, "sum": total, "avg": avg,
+                                            "per_token": per_token})
+        notes: dict[int, list] = {}
+        for j, stage, reason in self.conn.execute(
+                "SELECT inner_idx, stage, reason FROM note WHERE rid = ? ORDER BY stage", (rid,)):
+            notes.setdefault(j, []).append(f"{stage}: {reason}")
+        rewards, scores, claims = self._rewards_by_answer(rid), self._scores_by_answer(rid), self._claims_by_answer(rid)
+        pairs = self._pairs_of(rid)
+        out = []
+        for s in self.samples_of(rid):
+            j = s.inner_idx
+            out.append({"sample": s, "logps": logps.get(j, []), "reward": rewards.get(j, (None,) * 4),
+                        "score": scores.get(j, (None, None)), "claims": claims.get(j, []), "notes": notes.get(j, []),
+                        "chosen_in_pairs": sum(c == j for c, _, _ in pairs),
+                        "rejected_in_pairs": sum(r == j for _, r, _ in pairs),
+                        "chosen_in_kept": sum(c == j and k for c, _, k in pairs),
+                        "rejected_in_kept": sum(r == j and k for _, r, k in pairs)})
+        return out
+
+    def iter_pairs_in_full(self) -> Iterator[dict]:
+        """Every pair, kept or filtered out, with both answers' texts (``run --debug``)."""
+        kept = {(rid, o) for rid, o in self.conn.execute("SELECT rid, ord FROM kept_pair")}
+        for idx, rid, o, c, r, chosen, rejected in self.conn.execute(
+                "SELECT rec.idx, p.rid, p.ord, p.chosen, p.rejected, c.text, x.text FROM pair p"
+                " JOIN record rec ON rec.rid = p.rid JOIN sample c ON c.rid = p.rid AND c.inner_idx = p.chosen"
+                " JOIN sample x ON x.rid = p.rid AND x.inner_idx = p.rejected ORDER BY p.rid, p.ord"):
+            yield {"idx": idx, "ord": o, "chosen_inner_idx": c, "rejected_inner_idx": r, "chosen": chosen,
+                   "rejected": rejected, "kept": (rid, o) in kept}
 
     def record_ids(self, limit: int = 100_000) -> list[int]:
         """Ids of records that have answers, for browsing."""

@@ -432,6 +432,21 @@ def read_status(work_dir: str | Path) -> StatusSnapshot:
         store.close()
 
 
+def retry_failed(work_dir: str | Path) -> tuple[int, bool]:
+    """Make a work dir's failed records pending again, those set aside after the process died
+    with them included. On a live run the request is queued and the run takes it between
+    batches. Returns (records put back or, on a live run, now failed; whether it was live)."""
+    store = Store.in_work_dir(work_dir, create=False)
+    try:
+        info = store.process_info()
+        if info is not None and _live(info):
+            store.request("retry")
+            return sum(s.failed for s in store.status().stages), True
+        return store.requeue_failed(), False
+    finally:
+        store.close()
+
+
 def check_work_dir(work_dir: str | Path) -> None:
     """Raise a clear error unless ``work_dir`` holds a run's store."""
     Store.in_work_dir(work_dir, create=False, readonly=True).close()

@@ -118,12 +118,17 @@ class Runner:
         pending = self.store.count_pending(stage.name, h, upstream)
         report = StageReport(stage.name, reused=self.store.count_done(stage.name, h))
         self.observer.stage_started(stage.name, pending, report.reused)
+        errors: list[str] = []
+        for rid, idx, reason in self.store.set_aside_records(stage.name, h):  # by an earlier run
+            report.failed += 1
+            errors.append(f"record {rid} ({idx}): {reason}")
         started = time.perf_counter()
         if pending:
             if stage.scope == "run":
                 self._run_whole(stage, h, upstream, report)
             else:
-                self._run_batches(stage, h, upstream, report)
+                self._run_batches(stage, h, upstream, report, errors)
+        report.errors = tuple(errors[:20])
         report.seconds = time.perf_counter() - started
         self.observer.stage_finished(report)
         return report
@@ -136,24 +141,29 @@ class Runner:
         report.reused = 0
         self.observer.batch_done(stage.name, report.computed, 0, 0)
 
-    def _batches(self, stage, h: str, upstream) -> Iterator[Batch]:
+    def _batches(self, stage, h: str, upstream, report: StageReport, errors: list[str]) -> Iterator[Batch]:
         """The stage's pending records that nobody else holds, a batch at a time, leased and
-        read just before each is handed out."""
+        read just before each is handed out. Records set aside after deaths (see
+        ``Store.claim``) are counted as failed and named."""
         size = stage.batch_size(self.config)
         while True:
             self._between_batches()
+            aside: list[tuple[int, str, str]] = []
             rids = self.store.claim(stage.name, h, upstream, self.holder.token, limit=size,
-                                    lease=self.holder.lease, failed_since=self.started, gone=gone)
+                                    lease=self.holder.lease, failed_since=self.started, gone=gone, set_aside=aside)
+            for rid, idx, reason in aside:
+                report.failed += 1
+                errors.append(f"record {rid} ({idx}): {reason}")
+                self.observer.note(f"{stage.name}: record {idx} set aside: {reason}", "warning")
             if not rids:
                 return
             yield self.store.load_batch(rids, stage.reads)
 
-    def _run_batches(self, stage, h: str, upstream, report: StageReport) -> None:
+    def _run_batches(self, stage, h: str, upstream, report: StageReport, errors: list[str]) -> None:
         later = downstream(self.stages, stage.name)
-        errors: list[str] = []
         waiting = False
         while True:
-            for result in self.executor.map(stage, self._batches(stage, h, upstream), self.config):
+            for result in self.executor.map(stage, self._batches(stage, h, upstream, report, errors), self.config):
                 rids, outputs = result.batch.rids, result.outputs
                 if not self.store.commit(stage.name, h, rids, outputs, writes=stage.writes, downstream=later,
                                          seconds=result.seconds, holder=self.holder.token):
@@ -180,4 +190,3 @@ class Runner:
                 self.observer.note(f"{stage.name}: waiting for {left} records other processes hold", "detail")
             self._between_batches()
             time.sleep(self.poll_seconds)
-        report.errors = tuple(errors[:20])

@@ -25,8 +25,8 @@ def samples(rids) -> Outputs:
     return Outputs(samples=[SampleRow(rid, 0, f"answer {rid}", 2, 2, rid) for rid in rids])
 
 
-def claim(store, holder, limit=2, lease=60.0, since=float("inf")):
-    return store.claim("sample", "h", [], holder, limit=limit, lease=lease, failed_since=since, gone=gone)
+def claim(store, holder, limit=2, lease=60.0, since=float("inf"), **kw):
+    return store.claim("sample", "h", [], holder, limit=limit, lease=lease, failed_since=since, gone=gone, **kw)
 
 
 def commit(store, holder, rids) -> bool:
@@ -59,7 +59,8 @@ def test_a_lapsed_lease_is_taken_over_and_the_late_commit_is_refused(tmp_path):
     assert store.renew(slow, 0.3) == 3  # a heartbeat pushes expiry on
     assert claim(store, fast, limit=3) == []
     time.sleep(0.4)
-    assert claim(store, fast, limit=3) == [0, 1, 2]
+    # Lapsed while held: each counts a death of its holder, so each is retried alone.
+    assert [claim(store, fast, limit=3) for _ in range(4)] == [[0], [1], [2], []]
     assert not commit(store, slow, [0, 1])  # it lost them: nothing written
     assert store.count("sample") == 0 and store.count_pending("sample", "h", []) == 3
     assert commit(store, fast, [0, 1, 2]) and store.count("sample") == 3
@@ -74,6 +75,31 @@ def test_a_dead_holders_records_are_taken_over_at_once(tmp_path):
     assert claim(store, far, limit=1) == [0]
     assert claim(store, ghost, limit=1) == [1]
     assert claim(store, f"{socket.gethostname()}@{os.getpid()}:9", limit=5) == [1]
+
+
+def dead_holder() -> str:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return f"{socket.gethostname()}@{int(dead.stdout)}:{time.time_ns()}"
+
+
+def test_a_dead_holders_records_are_retried_alone_and_one_in_flight_at_two_deaths_is_set_aside(tmp_path):
+    store = store_with(tmp_path, n=3)
+    me = f"{socket.gethostname()}@{os.getpid()}:1"
+    assert claim(store, dead_holder(), limit=3) == [0, 1, 2]  # killed with all three in flight
+    assert claim(store, dead_holder(), limit=3) == [0]  # one death each: alone now, and killed again
+    aside = []
+    assert claim(store, me, limit=3, set_aside=aside) == [1]
+    ((rid, idx, reason),) = aside
+    assert rid == 0 and "died twice while this record was in flight in sample" in reason
+    assert "dpo-engine retry" in reason
+    assert commit(store, me, [1]) and claim(store, me, limit=3) == [2]  # 2 still alone: it died once too
+    assert commit(store, me, [2]) and claim(store, me, limit=3) == []  # 0 stays aside, across runs
+    assert claim(store, me, limit=3, since=time.time() + 1) == []
+    assert store.count_pending("sample", "h", [], failed_since=-1) == 0
+    assert store.quarantined() == [("sample", idx, reason)] and store.set_aside_records("sample", "h") == aside
+    assert store.requeue_failed() == 1 and store.quarantined() == []
+    assert claim(store, me, limit=3) == [0] and commit(store, me, [0])  # back, and its deaths forgotten
+    assert store.conn.execute("SELECT COUNT(*) FROM death").fetchone()[0] == 0
 
 
 def test_failed_records_are_not_retried_in_the_pass_that_failed_them(tmp_path):

@@ -344,6 +344,25 @@ def status(
     show_status(work_dir, json_out, Console())
 
 
+# ---------------------------------------------------------------------------------- retry
+@app.command()
+@handle_errors
+def retry(
+    work_dir: Path = typer.Argument(..., help="A work dir used by `dpo-engine run`."),
+    debug: Debug = False,
+):
+    """Put a run's failed records back, those set aside after the process died while holding
+    them included (a record in flight at two deaths, kill -9 or the OOM killer, is set aside
+    so that reruns go on without it). The next `dpo-engine run` takes them; a live run takes
+    them between batches."""
+    count, live = engine.retry_failed(work_dir)
+    if live:
+        Console().print(f"asked the live run to retry its {count} failed record-stages", markup=False, highlight=False)
+    else:
+        Console().print(f"put back {count} failed record-stages: rerun the same `dpo-engine run` command to "
+                        "compute them", markup=False, highlight=False)
+
+
 # ---------------------------------------------------------------------------------- export
 @app.command()
 @handle_errors

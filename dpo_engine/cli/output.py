@@ -74,7 +74,8 @@ def status_json(snap) -> str:
     now = time.time()
     return json.dumps({"pipeline": snap.pipeline, "records": asdict(snap.records),
                        "stages": [asdict(s) for s in snap.stages],
-                       "workers": [worker_fields(w, now) for w in snap.workers], "leases": snap.leases})
+                       "workers": [worker_fields(w, now) for w in snap.workers], "leases": snap.leases,
+                       "set_aside": [{"stage": st, "idx": idx, "reason": why} for st, idx, why in snap.set_aside]})
 
 
 def print_status(console: Console, work_dir, snap) -> None:
@@ -93,6 +94,8 @@ def print_status(console: Console, work_dir, snap) -> None:
     for s in snap.stages:
         for reason, n in s.notes.items():
             console.print(f"  {s.name}: {n} answers with {reason}", highlight=False, markup=False)
+    for stage, idx, reason in snap.set_aside:
+        console.print(Text.assemble(("  set aside ", "red"), f"{stage} {idx}: {reason}"), highlight=False)
     if snap.workers:
         now = time.time()
         workers = Table("worker", "device", "host", "state", "stage", "heartbeat", "items", "items/s")

@@ -73,7 +73,8 @@ def print_summary(console: Console, summary) -> None:
         f"{s['pairs']} pairs ({s['pairs_per_record']} per record); mean words chosen "
         f"{s['mean_chosen_words']}, rejected {s['mean_rejected_words']}"), highlight=False)
     if summary.failed:
-        console.print(f"[yellow]{summary.failed} record-stages failed[/]: rerun the same command to retry them",
+        console.print(f"[yellow]{summary.failed} record-stages failed[/]: rerun the same command to retry them "
+                      "(records set aside after the process died with them: `dpo-engine retry WORK_DIR` first)",
                       highlight=False)
     console.print(Text.assemble("dataset: ", (s["output"], "bold")), highlight=False)
 

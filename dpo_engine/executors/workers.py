@@ -21,7 +21,7 @@ from typing import Any
 
 from ..config import RunConfig
 from ..roles import Role, RoleModels
-from ..stage import Batch
+from ..stage import Batch, Outputs
 from . import BatchResult, HeldModel, WorkerView
 
 POLL_SECONDS = 0.5  # how often the driver looks for dead workers while it waits
@@ -90,8 +90,12 @@ class WorkerPoolExecutor:
         idle = list(range(len(self._workers)))
         inflight: dict[int, tuple[int, Batch]] = {}  # worker -> (task id, batch)
         retry: list[Batch] = []  # batches of workers that died
+        given_up: list[BatchResult] = []  # records a worker died on twice, alone
+        deaths: dict[int, int] = {}
         next_id, exhausted = 0, False
         while True:
+            while given_up:
+                yield given_up.pop(0)
             while idle and (retry or not exhausted):
                 batch = retry.pop() if retry else next(pending, None)
                 if batch is None:
@@ -107,7 +111,7 @@ class WorkerPoolExecutor:
             try:
                 task_id, outputs, seconds, in_model, load, error = self._results.get(timeout=POLL_SECONDS)
             except queue.Empty:
-                self._replace_dead(inflight, idle, retry)
+                self._replace_dead(inflight, idle, retry, given_up, deaths)
                 continue
             wid = next(w for w, (t, _) in inflight.items() if t == task_id)
             _, batch = inflight.pop(wid)
@@ -118,13 +122,28 @@ class WorkerPoolExecutor:
             self.load_seconds += load
             yield BatchResult(batch, outputs, seconds, in_model)
 
-    def _replace_dead(self, inflight: dict, idle: list[int], retry: list[Batch]) -> None:
+    def _replace_dead(self, inflight: dict, idle: list[int], retry: list[Batch], given_up: list[BatchResult],
+                      deaths: dict[int, int]) -> None:
+        """Restart dead workers. A dead worker's batch is redone one record at a time (so that a
+        record that kills its worker, e.g. by running it out of memory, dies alone); a record
+        whose worker died twice while it was in flight, the second time alone, fails with the
+        reason and the run goes on (the next run retries it)."""
         for wid, worker in enumerate(self._workers):
             if worker is not None and not worker[0].is_alive():
+                code = worker[0].exitcode
                 self._start(wid)
-                if wid in inflight:
-                    retry.append(inflight.pop(wid)[1])
-                    idle.append(wid)
+                if wid not in inflight:
+                    continue
+                batch = inflight.pop(wid)[1]
+                idle.append(wid)
+                for rid in batch.rids:
+                    deaths[rid] = deaths.get(rid, 0) + 1
+                if len(batch.rids) == 1 and deaths[batch.rids[0]] >= 2:
+                    reason = (f"worker {wid} died while this record was in flight, {deaths[batch.rids[0]]} times, "
+                              f"the last time alone (exit code {code})")
+                    given_up.append(BatchResult(batch, Outputs(failed={batch.rids[0]: reason}), 0.0))
+                else:
+                    retry.extend(batch.subset([rid]) for rid in reversed(batch.rids))
 
     def close(self) -> None:
         for worker in self._workers:

@@ -102,6 +102,9 @@ class StoreLive(StoreBase):
                              stages).rowcount
 
     def requeue_failed(self) -> int:
-        """Forget failed states so the failed records are pending again."""
+        """Forget failed states, those set aside after deaths included (and the deaths), so the
+        failed records are pending again."""
         with self.transaction() as c:
-            return c.execute("DELETE FROM stage_state WHERE status = 'failed'").rowcount
+            c.execute("DELETE FROM death WHERE EXISTS (SELECT 1 FROM stage_state s WHERE s.stage = death.stage"
+                      " AND s.rid = death.rid AND s.status = 'quarantined')")
+            return c.execute("DELETE FROM stage_state WHERE status IN ('failed', 'quarantined')").rowcount

@@ -63,7 +63,7 @@ class StoreReads(StoreBase):
             )
         parts.append(
             " AND NOT EXISTS (SELECT 1 FROM stage_state s WHERE s.stage = ? AND s.rid = r.rid"
-            " AND s.settings_hash = ? AND (s.status = 'done' OR s.finished >= ?))"
+            " AND s.settings_hash = ? AND (s.status IN ('done', 'quarantined') OR s.finished >= ?))"
         )
         return "".join(parts)
 
@@ -346,7 +346,7 @@ class StoreReads(StoreBase):
         for name in names:
             h = hashes.get(name, "")
             done, failed = self.conn.execute(
-                "SELECT COALESCE(SUM(status = 'done'), 0), COALESCE(SUM(status = 'failed'), 0)"
+                "SELECT COALESCE(SUM(status = 'done'), 0), COALESCE(SUM(status IN ('failed', 'quarantined')), 0)"
                 " FROM stage_state WHERE stage = ? AND settings_hash = ?", (name, h)).fetchone()
             items, tokens, secs = self.conn.execute(
                 "SELECT COALESCE(SUM(items), 0), COALESCE(SUM(tokens), 0), COALESCE(SUM(seconds), 0)"
@@ -355,4 +355,5 @@ class StoreReads(StoreBase):
                 name, done, max(0, counts.valid - done - failed), failed,
                 items / secs if secs > 0 else None, tokens / secs if secs > 0 and tokens else None,
                 self.note_counts(name), backends.get(name), paths.get(name)))
-        return StatusSnapshot(info.pipeline if info else None, counts, stages, self.workers(), self.lease_holders())
+        return StatusSnapshot(info.pipeline if info else None, counts, stages, self.workers(), self.lease_holders(),
+                              self.quarantined())

@@ -32,6 +32,8 @@ class StatusSnapshot:
     stages: list[StageCounts]
     workers: list[WorkerRow] = field(default_factory=list)
     leases: dict[str, int] = field(default_factory=dict)  # records held now, by holder
+    # (stage, idx, reason) of records set aside after deaths of the process (Store.claim)
+    set_aside: list[tuple[str, str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -125,6 +125,15 @@ MIGRATIONS: list[str] = [
     );
     ALTER TABLE run ADD COLUMN complete_hash TEXT;
     """,
+    # 5: crash quarantine. How often a process died (kill -9, the OOM killer, a crash in native
+    # code) while it held a record of a stage; such records are retried one at a time, and one
+    # in flight at two deaths is set aside (stage_state status 'quarantined') until `retry`.
+    """
+    CREATE TABLE death (
+        stage TEXT NOT NULL, rid INTEGER NOT NULL, deaths INTEGER NOT NULL, last REAL NOT NULL,
+        holder TEXT, PRIMARY KEY (stage, rid)
+    ) WITHOUT ROWID;
+    """,
 ]
 
 # Which table each kind of output lands in, and the (column, value) that scopes it to its

@@ -122,6 +122,9 @@ class StoreWrites(StoreBase):
             for name in downstream:
                 c.execute("DELETE FROM stage_state WHERE stage = ? AND rid IN"
                           " (SELECT value FROM json_each(?))", (name, done_json))
+            # Done now: a death while it was in flight was not its doing.
+            c.execute("DELETE FROM death WHERE stage = ? AND rid IN (SELECT value FROM json_each(?))",
+                      (stage, done_json))
             c.execute("INSERT INTO metric (ts, stage, items, tokens, seconds) VALUES (?, ?, ?, ?, ?)",
                       (now, stage, len(done), outputs.tokens, seconds))
         return True

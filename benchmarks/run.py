@@ -29,6 +29,9 @@
   with SIGSTOP, which only its leases' expiry can free.
 * engine_overhead_share: share of a full run's wall time spent outside model calls
   (SQLite, bookkeeping, image decoding) on a small (>5M parameter) model.
+* ingest_rss_rowgroup_ratio: peak memory reading a 2,000 x 100 KB dataset written as one row
+  group over the same in row groups of 64 (benchmarks/ingest_memory.py, which explains the
+  ``_big_pages`` variant and prints each peak).
 """
 
 from __future__ import annotations
@@ -450,6 +453,13 @@ def pairing_figures(tmp: Path) -> dict:
     }
 
 
+def ingest_figures() -> dict:
+    """benchmarks/ingest_memory.py's figures (each reading in a fresh process)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("ingest_memory.py"))], capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--populate":
         return populate(sys.argv[2], int(sys.argv[3]))
@@ -462,7 +472,11 @@ def main() -> None:
     parser.add_argument("--only-dashboard", action="store_true", help="only the dashboard figure")
     parser.add_argument("--only-workers", action="store_true",
                         help="only the worker-processes, Ray and lease figures")
+    parser.add_argument("--only-ingest", action="store_true", help="only the dataset-reading memory figures")
     args = parser.parse_args()
+    if args.only_ingest:
+        print(json.dumps({"quick": args.quick, **ingest_figures()}))
+        return
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
         tmp = Path(tmp_name)
@@ -499,6 +513,7 @@ def main() -> None:
         figures.update(lease_figure(tmp, m["model_path"]))
         if not args.skip_pairing:
             figures.update(pairing_figures(tmp))
+        figures.update(ingest_figures())
     print(json.dumps(figures))
 
 

@@ -111,9 +111,11 @@ def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception]]:
             import pyarrow.parquet as pq
 
             try:
-                # A buffered stream without pre-buffering reads column chunks piecewise: on a
-                # 2,000 x 100 KB file, peak memory 537 -> 403 MB written as one row group and
-                # 314 -> 136 MB in groups of 64 (benchmarks/ingest_memory.py).
+                # A buffered stream without pre-buffering reads column chunks a page at a time, so
+                # peak memory follows the file's largest page, not its row groups: 2,000 x 100 KB
+                # images, 141 MB as one row group and 145 MB in groups of 64 (pages near 1 MB);
+                # 423 MB for one row group written with pyarrow's ~100 MB default pages for
+                # values this big (benchmarks/ingest_memory.py).
                 pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
                 n = 0
                 for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False):

@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from conftest import REPO, cli, run_args
+from conftest import REPO, cli, run_args, shapes_rows, write_parquet
 
 EXTRA = ("--batch-size", "4", "--json")
 POISON = "shapes-00005"  # the 6th of 12 records: in the second batch of four
@@ -145,3 +145,50 @@ def test_a_record_that_kills_its_worker_fails_alone_and_the_run_goes_on(tiny_mod
     (error,) = con.execute("SELECT s.error FROM stage_state s JOIN record r USING (rid) WHERE s.stage = 'sample'"
                            " AND s.status = 'failed'").fetchone()
     assert "died while this record was in flight, 2 times, the last time alone" in error
+
+
+def rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as fh:
+            return next(int(line.split()[1]) for line in fh if line.startswith("VmRSS")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+
+def test_a_row_that_runs_its_batch_out_of_memory_is_retried_alone_and_the_run_finishes(tiny_models, tmp_path):
+    """The issue's case: one row's question (100,000 characters, let through by raising
+    --max-question-chars) grows a batch of four past a memory watchdog, which kills the run as
+    the OOM killer would. The rerun retries that batch's records one at a time; alone, the row
+    stays far under the limit (about 1 GB, as any record), so the run finishes with every row."""
+    rows = shapes_rows(12)
+    rows[5]["question"] = "Describe the image. " + "what shapes do you see " * 4300
+    data = write_parquet(tmp_path / "d.parquet", rows)
+    work = tmp_path / "W"
+    args = run_args(tiny_models, data, work, "--batch-size", "4", "--max-question-chars", "200000", "--json")
+    codes, peaks = [], []
+    for _ in range(3):
+        proc = subprocess.Popen([sys.executable, "-m", "dpo_engine", *map(str, args)], cwd=REPO, text=True,
+                                env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL)
+        deadline, peak = time.time() + 600, 0.0
+        try:
+            while proc.poll() is None:
+                assert time.time() < deadline, "the run neither finished nor went past the watchdog"
+                peak = max(peak, rss_mb(proc.pid))
+                if peak > 3000:
+                    proc.send_signal(signal.SIGKILL)
+                    proc.wait()
+                time.sleep(0.01)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        codes.append(proc.returncode)
+        peaks.append(round(peak))
+        if proc.returncode >= 0:
+            break
+    assert codes == [-signal.SIGKILL, 0], peaks
+    summary = json.loads(proc.stdout.read().splitlines()[-1])
+    assert all(s["failed"] == 0 for s in summary["stages"]) and summary["pairs"] > 0
+    con = sqlite3.connect(work / "engine.db")
+    assert con.execute("SELECT COUNT(*) FROM sample JOIN record USING (rid) WHERE idx = 'r5'").fetchone()[0] == 4
+    assert con.execute("SELECT COUNT(*) FROM death").fetchone()[0] == 0

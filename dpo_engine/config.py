@@ -42,6 +42,10 @@ class RunConfig:
     prompt_words: int = 300  # split/question prompts are cut to their first N words
     score_gap: int = 1  # dnc pairs need scores at least this far apart
     pairs_per_question: int = 2  # dnc pairs kept per (image, question), chosen with the seed
+    # dnc: "false" counts a fact an answer states again (the same words) as a claim judged false;
+    # "judged" asks the labeler about it like any other, as the reference does. None: "false",
+    # or "judged" under compat="reference" (``repeats_rule`` resolves it).
+    repeated_facts: str | None = None
     sample_k: int = 10
     temperature: float = 0.7
     max_new_tokens: int = 512
@@ -84,6 +88,13 @@ class RunConfig:
             return self.models.get("instruct") or None
         return self.models.get(role) or None
 
+    @property
+    def repeats_rule(self) -> str:
+        """How divide_and_conquer scores a fact an answer states a second time."""
+        if self.repeated_facts is not None:
+            return self.repeated_facts
+        return "judged" if self.compat == "reference" else "false"
+
     def backend_for(self, use: str) -> str:
         """The backend a model stage runs on: ``use`` "score" (the log-prob stages) follows
         ``score_backend``; everything else follows ``backend``."""
@@ -109,6 +120,7 @@ class RunConfig:
         checks = [
             (self.sample_k >= 2, "--sample-k must be at least 2 (pairs need two answers)"),
             (self.compat in ("off", "reference"), "--compat must be off or reference"),
+            (self.repeated_facts in (None, "false", "judged"), "--repeated-facts must be false or judged"),
             (self.temperature >= 0, "--temperature must be >= 0"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
             (self.rank >= 1, "--rank must be >= 1"),

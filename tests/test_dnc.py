@@ -60,7 +60,7 @@ def test_templates_fill_only_their_placeholders_and_refuse_files_without_them(tm
 def batch_of(rid, n_facts, verdicts):
     b = Batch(rids=[rid])
     b.samples[rid] = [SampleRow(rid, j, f"answer {j}", 3, 2, j) for j in range(len(n_facts))]
-    b.facts[rid] = [FactRow(rid, j, o, "f") for j, n in enumerate(n_facts) for o in range(n)]
+    b.facts[rid] = [FactRow(rid, j, o, f"fact {o}") for j, n in enumerate(n_facts) for o in range(n)]
     b.judgments[rid] = [JudgmentRow(rid, j, o, 0.9 if ok else 0.1, 0.1 if ok else 0.9)
                         for j, vs in enumerate(verdicts) for o, ok in enumerate(vs)]
     return b
@@ -71,6 +71,25 @@ def test_score_is_minus_the_false_claims_and_mismatched_answers_are_discarded():
                                config())
     assert [(s.inner_idx, s.score, s.n_claims) for s in out.scores] == [(0, 0, 2), (1, -2, 3), (2, 0, 0)]
     assert [(n.inner_idx, n.stage) for n in out.notes] == [(3, "score")]
+
+
+def test_a_fact_stated_again_counts_as_false_unless_repeats_are_judged():
+    b = Batch(rids=[7])
+    texts = [["there is a red circle.", "There is a  red circle", "there is a blue square."],
+             ["there is a red circle.", "there is a blue square."]]
+    b.samples[7] = [SampleRow(7, j, f"answer {j}", 3, 2, j) for j in range(2)]
+    b.facts[7] = [FactRow(7, j, o, t) for j, ts in enumerate(texts) for o, t in enumerate(ts)]
+    b.judgments[7] = [JudgmentRow(7, j, o, 0.9, 0.1) for j, ts in enumerate(texts) for o in range(len(ts))]
+    ours = ScoreStage().process(b, None, config())
+    assert [(s.inner_idx, s.score, s.n_claims) for s in ours.scores] == [(0, -1, 3), (1, 0, 2)]
+    reference = ScoreStage().process(b, None, config(repeated_facts="judged"))
+    assert [(s.inner_idx, s.score) for s in reference.scores] == [(0, 0), (1, 0)]
+    assert ScoreStage().settings(config()) != ScoreStage().settings(config(repeated_facts="judged"))
+    under_compat = ScoreStage().process(b, None, config(compat="reference"))
+    assert [(s.inner_idx, s.score) for s in under_compat.scores] == [(0, 0), (1, 0)]
+    assert ScoreStage().settings(config(compat="reference")) == {}  # the hash every earlier run had
+    ours_under_compat = ScoreStage().process(b, None, config(compat="reference", repeated_facts="false"))
+    assert [s.score for s in ours_under_compat.scores] == [-1, 0]
 
 
 def test_pairs_need_the_score_gap_and_at_most_two_are_drawn_with_the_seed():

@@ -139,6 +139,10 @@ def run(
                                         "the chosen one's reward sum is higher by more than this (0: the reference)."),
     compat: str = typer.Option("off", "--compat", help="reference: dpo_reward pairs and rewards exactly as the "
                                "reference's code computes them (see the README's differences table); off: ours."),
+    repeated_facts: Optional[str] = typer.Option(
+        None, "--repeated-facts", help="divide_and_conquer: false (default) counts a fact an answer states a second "
+        "time as a claim judged false; judged asks the labeler about it like any other, as the reference does "
+        "(the default under --compat reference)."),
     seed: int = typer.Option(0, "--seed", help="Seeds sampling, shuffles and random choices."),
     batch_size: int = typer.Option(4, "--batch-size", "--batch_size", help="Records per model batch."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", "--max_new_tokens",
@@ -223,6 +227,7 @@ def run(
         question_prompt=str(question_prompt) if question_prompt else None,
         sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
         rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, reward_margin=reward_margin, compat=compat, seed=seed,
+        repeated_facts=repeated_facts,
         batch_size=batch_size, device=device, dtype=dtype, workers=workers,
         devices=tuple(d.strip() for d in devices.split(",") if d.strip()) if devices else (),
         executor=executor, ray_address=ray_address, lease_seconds=lease_seconds,

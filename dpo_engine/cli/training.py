@@ -48,6 +48,8 @@ def iterate(
     sample_k: int = typer.Option(10, "--sample-k", help="Answers sampled per question."),
     reward_margin: float = typer.Option(0.0, "--reward-margin", min=0.0, help="dpo_reward: pair answers only if "
                                         "the chosen one's reward sum is higher by more than this (0: the reference)."),
+    repeated_facts: Optional[str] = typer.Option(None, "--repeated-facts", help="divide_and_conquer: false (default) counts "
+                                       "a fact an answer states a second time as judged false; judged: as the reference."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest sampled answer, in tokens."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature."),
     seed: int = typer.Option(0, "--seed", help="Seeds sampling, pairing and training."),
@@ -91,7 +93,7 @@ def iterate(
     config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
                        models={role: path for role, path in models.items() if path}, sample_k=sample_k,
                        max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
-                       reward_margin=reward_margin,
+                       reward_margin=reward_margin, repeated_facts=repeated_facts,
                        device=device, backend=backend, beta=beta, trust_remote_code=trust_remote_code)
     settings = IterateSettings(
         rounds=rounds, split_seed=split_seed, train_cmd=train_cmd, reference=reference, reward_models=tuple(round_reward_model or ()),

@@ -51,15 +51,29 @@ class IterateSettings:
     # model, the one the reward model was trained from: the reward side stays fixed) or
     # "instruct" (each round's own instruct model, as one run per round computes it).
     reference: str = "base"
+    # Round r trains at the learning rate times lr_decay ** (r - 1): later rounds learn from
+    # fewer, less varied pairs of a model already trained (1.0: the same rate every round).
+    lr_decay: float = 1.0
+
+    def train_for(self, r: int) -> TrainSettings:
+        """Round ``r``'s (1-based) training settings."""
+        if self.lr_decay == 1.0 or r <= 1:
+            return self.train
+        return replace(self.train, learning_rate=self.train.learning_rate * self.lr_decay ** (r - 1))
 
     def check(self) -> None:
         if self.rounds < 1:
             raise ConfigError("--rounds must be 1 or more")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"--lr-decay {self.lr_decay}: use a factor in (0, 1]")
         if self.reference not in ("base", "instruct"):
             raise ConfigError(f"--reference {self.reference!r}: use base or instruct")
         if self.reward_models and len(self.reward_models) != self.rounds:
             raise ConfigError(f"{len(self.reward_models)} reward models for {self.rounds} rounds",
                               "give --round-reward-model once per round, or not at all")
+        if self.train_cmd is not None and self.lr_decay != 1.0:
+            raise ConfigError("--lr-decay applies to the built-in trainer, not to --train-cmd",
+                              "set each round's rate in your own trainer, or leave --lr-decay at 1")
         if self.train_cmd is not None:
             missing = [p for p in ("{dataset}", "{model}", "{out}") if p not in self.train_cmd]
             if missing:
@@ -180,7 +194,8 @@ def _plan_settings(config: RunConfig, settings: IterateSettings) -> dict:
     return {**json.loads(json.dumps(what)), "dataset": str(Path(config.dataset).resolve()),
             "rounds": settings.rounds, "split_seed": settings.split_seed, "train": asdict(settings.train),
             "train_cmd": settings.train_cmd, "reward_models": list(settings.reward_models),
-            "reference": settings.reference}
+            "reference": settings.reference,
+            **({"lr_decay": settings.lr_decay} if settings.lr_decay != 1.0 else {})}
 
 
 @contextlib.contextmanager
@@ -289,7 +304,8 @@ def _train(pairs: Path, state: RoundState, settings: IterateSettings, trust_remo
     from .training import train_dpo
 
     if settings.train_cmd is None:
-        train_dpo(pairs, state.instruct, state.model, settings.train, trust_remote_code=trust_remote_code, log=log)
+        train_dpo(pairs, state.instruct, state.model, settings.train_for(state.round),
+                  trust_remote_code=trust_remote_code, log=log)
         return
     command = settings.train_cmd.format(dataset=shlex.quote(str(pairs)), model=shlex.quote(state.instruct),
                                         out=shlex.quote(state.model))

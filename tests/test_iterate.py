@@ -62,7 +62,8 @@ def test_iterate_trains_each_round_from_the_last_and_refuses_changed_settings(ti
     work = tmp_path / "it"
     args = ("iterate", "--dataset", data, "--work-dir", work, "--rounds", "2", "--instruct-model",
             tiny_models["instruct"], "--reward-model", tiny_models["reward"], "--sample-k", "3",
-            "--max-new-tokens", "12", "--max-steps", "2", "--train-batch-size", "2", "--lr", "1e-4", "--json")
+            "--max-new-tokens", "12", "--max-steps", "2", "--train-batch-size", "2", "--lr", "1e-4",
+            "--lr-decay", "0.5", "--json")
     done = json.loads(cli(*args).stdout.splitlines()[-1])
     assert [r["round"] for r in done["rounds"]] == [1, 2] and all(r["pairs"] for r in done["rounds"])
     plan = sqlite3.connect(work / "iterate.db")
@@ -72,6 +73,8 @@ def test_iterate_trains_each_round_from_the_last_and_refuses_changed_settings(ti
     assert json.loads(run_info)["models"]["instruct"] == str(work / "round-1" / "model")
     trained = json.loads((work / "round-2" / "model" / "dpo_engine_train.json").read_text())
     assert trained["base"] == str(work / "round-1" / "model") and trained["steps"] == 2
+    first = json.loads((work / "round-1" / "model" / "dpo_engine_train.json").read_text())
+    assert (first["settings"]["learning_rate"], trained["settings"]["learning_rate"]) == (1e-4, 5e-5)
     status = cli("status", work, "--json")
     shown = json.loads(status.stdout)
     assert shown["iterate"]["current"] == 2 and [r["step"] for r in shown["iterate"]["rounds"]] == ["done", "done"]
@@ -82,6 +85,19 @@ def test_iterate_trains_each_round_from_the_last_and_refuses_changed_settings(ti
     assert "round 2/2" in frame and "filter" in frame
     changed = cli(*args[:-1], "--rounds", "3", check=False)
     assert changed.returncode == 2 and "other settings" in changed.stderr and "rounds" in changed.stderr
+
+
+def test_a_learning_rate_decay_needs_the_built_in_trainer_and_a_factor_up_to_one():
+    from dpo_engine.errors import ConfigError
+    from dpo_engine.iterate import IterateSettings
+    from dpo_engine.training import TrainSettings
+
+    plan = IterateSettings(rounds=3, lr_decay=0.5, train=TrainSettings(learning_rate=1e-4))
+    assert [plan.train_for(r).learning_rate for r in (1, 2, 3)] == [1e-4, 5e-5, 2.5e-5]
+    for bad in (IterateSettings(rounds=2, lr_decay=1.5), IterateSettings(rounds=2, lr_decay=0.0),
+                IterateSettings(rounds=2, lr_decay=0.5, train_cmd="t {dataset} {model} {out}")):
+        with pytest.raises(ConfigError, match="lr-decay"):
+            bad.check()
 
 
 def test_a_train_cmd_gets_its_placeholders_and_a_failing_one_stops_the_round(tiny_models, tmp_path):

@@ -62,6 +62,8 @@ def iterate(
     train_batch_size: int = typer.Option(8, "--train-batch-size", help="Pairs per device per training step."),
     grad_accum: int = typer.Option(1, "--grad-accum", help="Steps whose gradients add up to one update."),
     max_steps: int = typer.Option(-1, "--max-steps", help="Training updates per round (overrides --epochs)."),
+    lr_decay: float = typer.Option(1.0, "--lr-decay", help="Round R trains at --lr times this to the power R-1 "
+                                   "(built-in trainer; 1: the same rate every round)."),
     lora_rank: int = typer.Option(0, "--lora-rank", help="Train LoRA adapters (merged when saved); 0: all weights."),
     sft_weight: float = typer.Option(0.0, "--sft-weight", help="Add the chosen answers' NLL with this weight."),
     save_steps: int = typer.Option(50, "--save-steps", help="Training checkpoint every this many updates."),
@@ -96,7 +98,7 @@ def iterate(
                        reward_margin=reward_margin, repeated_facts=repeated_facts,
                        device=device, backend=backend, beta=beta, trust_remote_code=trust_remote_code)
     settings = IterateSettings(
-        rounds=rounds, split_seed=split_seed, train_cmd=train_cmd, reference=reference, reward_models=tuple(round_reward_model or ()),
+        rounds=rounds, split_seed=split_seed, train_cmd=train_cmd, reference=reference, reward_models=tuple(round_reward_model or ()), lr_decay=lr_decay,
         train=TrainSettings(beta=beta, learning_rate=lr, epochs=epochs, batch_size=train_batch_size,
                             grad_accum=grad_accum, max_steps=max_steps, lora_rank=lora_rank, sft_weight=sft_weight,
                             save_steps=save_steps, seed=seed, device=device))

@@ -102,7 +102,8 @@ def write_control_pairs(round_dir: Path, samples_dir: Path, out: Path, seed: int
 
 def measure(work: Path, config, states, base: Path, settings, seed: int, n: int, observer, log) -> dict:
     """Held-out figures (on ``n`` images) per round for our chain of models and for the
-    control's, the pair accuracy of each round's pairs; returns an ``iterate.json`` entry."""
+    control's, the pair accuracy of each round's pairs; returns an ``iterate.json`` entry.
+    ``settings`` (``IterateSettings``) trains the control's rounds as ours were trained."""
     from dataclasses import replace
 
     from .. import engine
@@ -140,7 +141,7 @@ def measure(work: Path, config, states, base: Path, settings, seed: int, n: int,
                                             work_dir=str(samples), models=models), observer)
             pairs = folder / "pairs.trl.parquet"
             write_control_pairs(Path(state.work_dir), samples, pairs, seed + r)
-            train_dpo(pairs, previous, folder / "model", settings, log=log)
+            train_dpo(pairs, previous, folder / "model", settings.train_for(r), log=log)
             previous = folder / "model"
         figures = held_out(previous, n)
         log(f"control round {r}: held-out hallucination rate {figures.hallucination_rate:.3f}")

@@ -48,6 +48,9 @@ class RunConfig:
     repeated_facts: str | None = None
     sample_k: int = 10
     temperature: float = 0.7
+    # Sampling truncation, as the reference samples (transformers' defaults): top-k 50, top-p 1.0.
+    top_k: int = 50  # 0: off
+    top_p: float = 1.0
     max_new_tokens: int = 512
     beta: float = 0.1
     reward_margin: float = 0.0  # dpo_reward: a pair's chosen reward sum must exceed its rejected one's by more
@@ -122,6 +125,8 @@ class RunConfig:
             (self.compat in ("off", "reference"), "--compat must be off or reference"),
             (self.repeated_facts in (None, "false", "judged"), "--repeated-facts must be false or judged"),
             (self.temperature >= 0, "--temperature must be >= 0"),
+            (self.top_k >= 0, "--top-k must be >= 0 (0: off)"),
+            (0 < self.top_p <= 1, "--top-p must be in (0, 1]"),
             (self.max_new_tokens >= 1, "--max-new-tokens must be >= 1"),
             (self.rank >= 1, "--rank must be >= 1"),
             (self.distance >= 1, "--distance must be >= 1"),

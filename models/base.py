@@ -32,8 +32,9 @@ class VisionLanguageModel(Protocol):
 
     def generate(self, images: list[Image.Image], questions: list[str], *, keys: Sequence[int],
                  k: int, max_new_tokens: int, temperature: float, seed: int,
-                 top_p: float = 1.0) -> list[list[Generation]]:
-        """k sampled answers for each (image, question). ``keys`` are the records' ids: answer j
+                 top_p: float = 1.0, top_k: int = 0) -> list[list[Generation]]:
+        """k sampled answers for each (image, question), after temperature, top-k (0: off) and
+        top-p (1.0: off). ``keys`` are the records' ids: answer j
         of record ``keys[i]`` draws from a stream seeded by ``(seed, keys[i], j)``, so it does not
         depend on which other records shared the call."""
         ...

@@ -1,4 +1,5 @@
-"""sample: the instruct model answers each record's question k times (temperature sampling)."""
+"""sample: the instruct model answers each record's question k times (temperature, top-k and
+top-p sampling)."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ class SampleStage(ModelStage):
             "model": config.model_id("instruct"),
             "k": config.sample_k,
             "temperature": config.temperature,
+            # Off (top-k 0, top-p 1.0) they stay out: the hash runs before top-k had.
+            **({"top_k": config.top_k} if config.top_k else {}),
+            **({"top_p": config.top_p} if config.top_p < 1.0 else {}),
             "max_new_tokens": config.max_new_tokens,
             "seed": config.seed,
             "dtype": config.dtype,
@@ -34,6 +38,7 @@ class SampleStage(ModelStage):
         answers = model.generate(
             images, [r.question for r in records], keys=batch.rids, k=config.sample_k,
             max_new_tokens=config.max_new_tokens, temperature=config.temperature, seed=config.seed,
+            top_p=config.top_p, top_k=config.top_k,
         )
         out = Outputs()
         for rid, gens in zip(batch.rids, answers):

@@ -75,3 +75,7 @@ def test_compat_off_leaves_the_settings_hashes_as_they_were():
     changed = stage_hashes(stages, _config(compat="reference"))
     assert changed["sample"] == stage_hashes(stages, _config())["sample"] and changed["pair"] != \
         stage_hashes(stages, _config())["pair"]
+    # top-k 50 (the reference's sampling, our default) is hashed; off, sampling hashes as before it
+    sample = next(s for s in stages if s.name == "sample")
+    assert sample.settings(_config())["top_k"] == 50 and "top_p" not in sample.settings(_config())
+    assert "top_k" not in sample.settings(_config(top_k=0))

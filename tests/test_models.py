@@ -47,6 +47,37 @@ def test_sampling_is_independent_of_batch_composition(model):
     assert all(1 <= g.n_tokens <= 16 for gens in together for g in gens)
 
 
+def test_top_k_and_top_p_keep_the_tokens_transformers_keeps():
+    import torch
+    from transformers import TopKLogitsWarper, TopPLogitsWarper
+
+    from dpo_engine.models.sampling import SeededSampler
+
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.randn(4, 60, generator=gen) * 3
+    for top_k, top_p in ((5, 1.0), (0, 0.6), (12, 0.8), (50, 1.0)):
+        expected = scores / 0.7
+        if top_k:
+            expected = TopKLogitsWarper(top_k)(None, expected)
+        if top_p < 1.0:
+            expected = TopPLogitsWarper(top_p)(None, expected)
+        sampler = SeededSampler(torch.full((4, 1), 0.5), 0.7, top_p, prompt_len=0, top_k=top_k)
+        ours = sampler.probs(scores)
+        assert torch.equal(ours > 0, torch.isfinite(expected)), (top_k, top_p)
+        assert torch.allclose(ours / ours.sum(-1, keepdim=True), torch.softmax(expected, -1), atol=1e-6)
+        picked = sampler(torch.zeros((4, 0), dtype=torch.long), scores).argmax(-1)
+        assert bool(torch.isfinite(expected).gather(1, picked[:, None]).all())
+
+
+def test_sampling_with_top_k_stays_seeded_and_batch_independent(model):
+    qs = ["describe the image.", "what do you see?"]
+    kw = dict(k=4, max_new_tokens=16, temperature=1.0, seed=2)
+    free = model.generate(images()[:2], qs, keys=[3, 4], **kw)
+    narrow = model.generate(images()[:2], qs, keys=[3, 4], top_k=2, **kw)
+    assert narrow[1] == model.generate(images()[1:2], qs[1:], keys=[4], top_k=2, **kw)[0]
+    assert narrow != free  # random weights spread their mass: two tokens of 190 is a cut
+
+
 def test_prefix_cache_scoring_matches_full_sequences(model):
     answers = ["a red circle .", "two blue squares at the top left", "no"]
     fast = model.score(images()[0], "describe the image.", answers)

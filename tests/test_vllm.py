@@ -67,6 +67,22 @@ def test_vllm_answers_are_seeded_per_record_and_answer(both):
     assert all(g.n_tokens >= 1 for gens in together for g in gens)
 
 
+def test_both_backends_truncate_alike_with_top_k_and_top_p(both):
+    # Each backend draws from its own seeded streams, so their samples differ; a truncation to
+    # one token leaves nothing to draw, so both must then write the same, most likely, answer.
+    hf, vl = both
+    images = [_scene_image(3), _scene_image(4)]
+    for cut in (dict(top_k=1), dict(top_p=1e-6), dict(top_k=1, top_p=0.5)):
+        args = dict(k=2, max_new_tokens=12, temperature=1.0, seed=7, **cut)
+        ours, theirs = hf.generate(images, [world.DESCRIBE] * 2, keys=[0, 1], **args), \
+            vl.generate(images, [world.DESCRIBE] * 2, keys=[0, 1], **args)
+        assert [[g.text for g in gens] for gens in ours] == [[g.text for g in gens] for gens in theirs], cut
+        assert all(len({g.text for g in gens}) == 1 for gens in ours)
+    free = hf.generate(images, [world.DESCRIBE] * 2, keys=[0, 1], k=4, max_new_tokens=12, temperature=1.0, seed=7,
+                       top_k=0)
+    assert any(len({g.text for g in gens}) > 1 for gens in free)  # untruncated, the answers differ
+
+
 def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tmp_path):
     data = write_parquet(tmp_path / "d.parquet", shapes_rows(8))
     extra = ("--backend", "vllm", "--batch-size", "1", "--max-new-tokens", "32", "--device", "cpu")

@@ -20,6 +20,7 @@ from ..config import MAX_IMAGE_PIXELS, MAX_QUESTION_CHARS, RunConfig
 from ..errors import ConfigError, Terminated
 from ..store import DB_NAME
 from .output import report_error, show_status
+from .reward_paths import reward_side
 
 app = typer.Typer(
     name="dpo-engine",
@@ -148,6 +149,10 @@ def run(
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", "--max_new_tokens",
                                        help="Longest sampled answer, in tokens."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature."),
+    top_k: int = typer.Option(50, "--top-k", help="Sample among the K most likely tokens only (0: off; 50: "
+                              "transformers' default, which the reference samples with)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Sample among the most likely tokens whose mass reaches P "
+                                "(1.0: off)."),
     beta: float = typer.Option(0.1, "--beta", help="DPO beta of the implicit reward."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (cuda:N)."),
     workers: int = typer.Option(1, "--workers", help="Worker processes on --device, each with its own copy of "
@@ -217,7 +222,7 @@ def run(
     if reward_model_python_path:
         console.print("[dim]note: --reward_model_python_path is not needed: all models run in this process[/]")
     models = {"instruct": str(instruct_model), "reference": str(reference_model) if reference_model else None,
-              **_reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
+              **reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
     config = RunConfig(
         pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
         image_root=str(image_root) if image_root else None, max_image_pixels=max_image_pixels,
@@ -225,7 +230,7 @@ def run(
         models={role: path for role, path in models.items() if path},
         split_prompt=str(split_prompt) if split_prompt else None,
         question_prompt=str(question_prompt) if question_prompt else None,
-        sample_k=sample_k, temperature=temperature, max_new_tokens=max_new_tokens, beta=beta,
+        sample_k=sample_k, temperature=temperature, top_k=top_k, top_p=top_p, max_new_tokens=max_new_tokens, beta=beta,
         rank=rank, distance=distance, strict_follow_rank=strict_follow_rank, reward_margin=reward_margin, compat=compat, seed=seed,
         repeated_facts=repeated_facts,
         batch_size=batch_size, device=device, dtype=dtype, workers=workers,
@@ -247,31 +252,6 @@ def run(
         print(json.dumps(summary.to_dict()))
     if summary.failed:
         raise typer.Exit(3)
-
-
-def _reward_side(pipeline: str, reward: str | None, labeler: Path | None, split: Path | None,
-                 question: Path | None) -> dict:
-    """The reward-side model paths, with the reference's comma form
-    ``--reward_model_path labeler,changeq,split`` for divide_and_conquer."""
-    if pipeline == "divide_and_conquer" and reward:
-        parts = [p.strip() for p in reward.split(",")]
-        if len(parts) != 3 or not all(parts):
-            raise ConfigError("divide_and_conquer takes --reward_model_path as LABELER,CHANGEQ,SPLIT "
-                              f"(three comma-separated paths), not {reward!r}",
-                              "or pass --labeler-model, --question-model and --split-model")
-        named = {"--labeler-model": labeler, "--question-model": question, "--split-model": split}
-        clash = [flag for flag, value in named.items() if value]
-        if clash:
-            raise ConfigError(f"give the reward-side models once: {', '.join(clash)} and the comma form both name them")
-        labeler, question, split = (Path(p) for p in parts)
-        reward = None
-    elif reward and "," in reward:
-        raise ConfigError(f"--reward-model {reward!r} lists several paths",
-                          "the comma form is for --pipeline_name divide_and_conquer")
-    return {"reward": reward,
-            "labeler": str(labeler) if labeler else None,
-            "split": str(split) if split else None,
-            "question": str(question) if question else None}
 
 
 def _run_with_dashboard(work_dir: Path) -> None:

@@ -13,7 +13,8 @@ from rich.console import Console
 
 from .. import engine
 from ..config import RunConfig
-from .app import BACKEND_HELP, DATASET_HELP, Debug, _reward_side, app, err_console, handle_errors
+from .app import BACKEND_HELP, DATASET_HELP, Debug, app, err_console, handle_errors
+from .reward_paths import reward_side
 
 
 @app.command()
@@ -52,6 +53,9 @@ def iterate(
                                        "a fact an answer states a second time as judged false; judged: as the reference."),
     max_new_tokens: int = typer.Option(512, "--max-new-tokens", help="Longest sampled answer, in tokens."),
     temperature: float = typer.Option(0.7, "--temperature", help="Sampling temperature."),
+    top_k: int = typer.Option(50, "--top-k", help="Sample among the K most likely tokens only (0: off)."),
+    top_p: float = typer.Option(1.0, "--top-p", help="Sample among the most likely tokens whose mass reaches P "
+                                "(1.0: off)."),
     seed: int = typer.Option(0, "--seed", help="Seeds sampling, pairing and training."),
     batch_size: int = typer.Option(4, "--batch-size", help="Records per model batch in the runs."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda (runs and training)."),
@@ -91,10 +95,11 @@ def iterate(
 
     console = err_console if json_out else Console(soft_wrap=True)
     models = {"instruct": str(instruct_model), "reference": str(reference_model) if reference_model else None,
-              **_reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
+              **reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
     config = RunConfig(pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
                        models={role: path for role, path in models.items() if path}, sample_k=sample_k,
-                       max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, batch_size=batch_size,
+                       max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                       batch_size=batch_size,
                        reward_margin=reward_margin, repeated_facts=repeated_facts,
                        device=device, backend=backend, beta=beta, trust_remote_code=trust_remote_code)
     settings = IterateSettings(

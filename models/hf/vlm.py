@@ -106,7 +106,7 @@ class ImageTextModel:
     @torch.inference_mode()
     def generate(self, images: list[Image.Image], questions: list[str], *, keys: Sequence[int],
                  k: int, max_new_tokens: int, temperature: float, seed: int,
-                 top_p: float = 1.0) -> list[list[Generation]]:
+                 top_p: float = 1.0, top_k: int = 0) -> list[list[Generation]]:
         """k sampled answers for each (image, question); ``keys`` are the records' ids."""
         from transformers import GenerationConfig, LogitsProcessorList, StaticCache
 
@@ -117,7 +117,7 @@ class ImageTextModel:
         uniforms = torch.from_numpy(
             row_uniforms(seed, [(rid, j) for rid in keys for j in range(k)], max_new_tokens)
         ).to(self.device)
-        sampler = LogitsProcessorList([SeededSampler(uniforms, temperature, top_p, prompt_len)])
+        sampler = LogitsProcessorList([SeededSampler(uniforms, temperature, top_p, prompt_len, top_k)])
         config = GenerationConfig(
             do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=max_new_tokens,
             eos_token_id=self.stop_ids, pad_token_id=self.tokenizer.pad_token_id,

@@ -64,7 +64,7 @@ class VllmImageTextModel:
     # ----------------------------------------------------------------- sampling
     def generate(self, images: list[Image.Image], questions: list[str], *, keys: Sequence[int],
                  k: int, max_new_tokens: int, temperature: float, seed: int,
-                 top_p: float = 1.0) -> list[list[Generation]]:
+                 top_p: float = 1.0, top_k: int = 0) -> list[list[Generation]]:
         """k answers per (image, question): one request per answer, each seeded by (seed, record,
         answer), so a rerun draws the same answers. vLLM's prefix cache shares the image and
         prompt among a record's k requests."""
@@ -76,7 +76,7 @@ class VllmImageTextModel:
             for j in range(k):
                 requests.append({"prompt_token_ids": ids, "multi_modal_data": {"image": image}})
                 params.append(SamplingParams(
-                    n=1, temperature=temperature, top_p=top_p, top_k=0, max_tokens=max_new_tokens,
+                    n=1, temperature=temperature, top_p=top_p, top_k=top_k, max_tokens=max_new_tokens,
                     seed=answer_seed(seed, rid, j), stop_token_ids=self.stop_ids, detokenize=False))
         gens = [self._generation(out.outputs[0].token_ids) for out in self._run(requests, params)]
         return [gens[i * k : (i + 1) * k] for i in range(len(questions))]

@@ -81,7 +81,7 @@ def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int
 DEMO_TRAIN = {"beta": 0.1, "learning_rate": 1e-4, "epochs": 4.0, "batch_size": 8, "sft_weight": 0.5,
               "save_steps": 4}
 # Round r trains at 1e-4 / 2 ** (r - 1). The round-1 model answers most questions alike, so round
-# 2 has a third as many pairs, and more of them wrong; at the full rate they undid round 1.
+# 2 has a sixth to a third as many pairs, and more of them wrong; at the full rate they undid round 1.
 DEMO_LR_DECAY = 0.5
 
 

@@ -87,6 +87,26 @@ def test_clean_errors_and_exit_codes(tiny_models, tmp_path):
     assert cli("status", tmp_path / "nowhere", check=False).returncode == 2
 
 
+def test_top_k_reaches_the_sample_stage_and_a_new_top_k_samples_again(tiny_models, demo_parquet, tmp_path):
+    import sqlite3
+
+    work = tmp_path / "K"
+    greedy = json.loads(cli(*run_args(tiny_models, demo_parquet, work, "--top-k", "1", "--json")).stdout.splitlines()[-1])
+    assert greedy["stages"][0]["computed"] == 12
+    texts = sqlite3.connect(work / "engine.db").execute(
+        "SELECT rid, COUNT(DISTINCT text) FROM sample GROUP BY rid").fetchall()
+    assert len(texts) == 12 and all(n == 1 for _, n in texts)  # one token left to draw: k equal answers
+    free = json.loads(cli(*run_args(tiny_models, demo_parquet, work, "--json")).stdout.splitlines()[-1])
+    assert free["stages"][0]["computed"] == 12  # top-k 50 is another sampling setting
+    spread = sqlite3.connect(work / "engine.db").execute(
+        "SELECT MAX(n) FROM (SELECT COUNT(DISTINCT text) AS n FROM sample GROUP BY rid)").fetchone()[0]
+    assert spread > 1
+    for flag, value, message in (("--top-k", "-1", "--top-k"), ("--top-p", "0", "--top-p"),
+                                 ("--repeated-facts", "maybe", "--repeated-facts")):
+        bad = cli(*run_args(tiny_models, demo_parquet, tmp_path / "bad", flag, value), check=False)
+        assert bad.returncode == 2 and message in bad.stderr, (flag, bad.stderr)
+
+
 def test_reference_spellings_are_accepted(tiny_models, demo_parquet, tmp_path):
     proc = cli("run", "--pipeline_name", "dpo_reward", "--dataset_path", demo_parquet,
                "--instruct_model_path", tiny_models["instruct"], "--reward_model_path", tiny_models["reward"],

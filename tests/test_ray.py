@@ -1,9 +1,11 @@
 """Ray actors (``RayExecutor``) on a real local Ray cluster: the same dataset as one process
-writes, and an actor killed mid-stage is replaced without losing or duplicating a record."""
+writes, an actor killed mid-stage is replaced without losing or duplicating a record, and a
+record that takes its actor down twice fails alone while the run goes on."""
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import threading
@@ -107,6 +109,50 @@ def test_an_actor_killed_mid_sample_is_replaced_and_nothing_is_lost(cluster, one
     for table, key in (("sample", "rid, inner_idx"), ("logprob", "role, rid, inner_idx"), ("reward", "rid, inner_idx")):
         assert con.execute(f"SELECT COUNT(*) FROM (SELECT {key} FROM {table} GROUP BY {key}"
                            " HAVING COUNT(*) > 1)").fetchone()[0] == 0
+
+
+def test_a_record_that_kills_its_actor_twice_fails_alone_and_the_run_goes_on(cluster, tiny_models, demo_parquet,
+                                                                               tmp_path):
+    """The Ray side of issue 17's quarantine: one actor, batches of four; a watchdog kills the
+    actor whenever record shapes-00005 is in flight (its lease in the store), as the OOM killer
+    would. Its batch is redone record by record; alone, it kills the actor again and fails with
+    the reason; the other eleven records finish."""
+    from test_quarantine import POISON, in_flight
+
+    work = tmp_path / "poison"
+    db = work / "engine.db"
+    config = replace(config_for(tiny_models, demo_parquet, work), batch_size=4)
+    executor = RayExecutor(config, PIPELINE.roles, 1, threads=1)
+    kills: list[int] = []  # sample-stage records done at each kill
+    stop = threading.Event()
+
+    def watchdog() -> None:
+        while not stop.is_set():
+            done = done_count(db, "sample")
+            # The second kill waits for the batch-mate redone before the poison (done + 1).
+            if in_flight(db, POISON, os.getpid()) and (not kills or (len(kills) == 1 and done > kills[0])):
+                try:
+                    ray.kill(ray.get_actor(executor.actor_names[0], namespace=NAMESPACE))
+                except ValueError:  # between actors: try again
+                    continue
+                kills.append(done)
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=watchdog, daemon=True)
+    killer.start()
+    try:
+        summary = engine.run_pipeline(config, pipeline=PIPELINE, executor=executor)
+    finally:
+        stop.set()
+        killer.join(timeout=10)
+    assert len(kills) == 2 and executor.replaced == 2
+    stages = {r.name: r for r in summary.reports}
+    assert stages["sample"].failed == 1 and stages["sample"].computed == 11
+    con = sqlite3.connect(db)
+    (idx, error), = con.execute("SELECT r.idx, s.error FROM stage_state s JOIN record r USING (rid)"
+                                " WHERE s.stage = 'sample' AND s.status = 'failed'").fetchall()
+    assert idx == POISON and "died while this record was in flight, 2 times, the last time alone" in error
+    assert summary.pairs > 0
 
 
 def test_an_error_inside_an_actor_is_raised_as_itself(cluster, tiny_models, demo_parquet, tmp_path):

@@ -55,6 +55,29 @@ class WorkerView:
         self.state, self.items, self.busy = "idle", self.items + items, self.busy + seconds
 
 
+class Deaths:
+    """The records in flight when a worker (a process or a Ray actor) died, counted per record.
+
+    A dead worker's batch is redone one record at a time, so that a record that kills its
+    worker (by running it out of memory, say) dies alone; a record whose worker died twice while
+    it was in flight, the second time alone, fails with the reason and the run goes on (the
+    next run retries it). The worker itself is replaced by the executor."""
+
+    def __init__(self) -> None:
+        self.counts: dict[int, int] = {}
+
+    def lost(self, batch: Batch, worker: str, cause: str) -> tuple[list[Batch], BatchResult | None]:
+        """What to do with the batch ``worker`` died on: batches to redo (last first, for a
+        stack), or a result that fails its one record."""
+        for rid in batch.rids:
+            self.counts[rid] = self.counts.get(rid, 0) + 1
+        if len(batch.rids) == 1 and self.counts[batch.rids[0]] >= 2:
+            reason = (f"{worker} died while this record was in flight, {self.counts[batch.rids[0]]} times, "
+                      f"the last time alone ({cause})")
+            return [], BatchResult(batch, Outputs(failed={batch.rids[0]: reason}), 0.0)
+        return [batch.subset([rid]) for rid in reversed(batch.rids)], None
+
+
 def this_process(device: str) -> WorkerView:
     return WorkerView("main", device, os.getpid(), state="idle")
 

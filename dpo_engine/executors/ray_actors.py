@@ -5,8 +5,10 @@ once and keeps it while batches of that role keep coming; the driver (the runner
 each idle actor the next pending batch and commits what comes back, so the store keeps one
 writer and the output is the one a single process writes.
 
-An actor that dies (killed, out of memory, its node lost) has committed nothing: its batch
-goes to a fresh actor started in its place, and no record is computed twice into the store.
+An actor that dies (killed, out of memory, its node lost) has committed nothing: a fresh actor
+starts in its place and the batch is redone there one record at a time; a record that took an
+actor down twice, the second time alone, fails with the reason and the run goes on, as with
+the worker processes (``Deaths``). No record is computed twice into the store.
 Ray is an optional extra, imported only here.
 """
 
@@ -21,13 +23,12 @@ from dataclasses import replace
 from typing import Any
 
 from ..config import RunConfig
-from ..errors import ConfigError, ModelError
+from ..errors import ConfigError
 from ..roles import Role, RoleModels
 from ..stage import Batch
-from . import BatchResult, HeldModel, WorkerView
+from . import BatchResult, Deaths, HeldModel, WorkerView
 
 NAMESPACE = "dpo-engine"  # where the actors are named, e.g. for ray.get_actor(name, namespace=NAMESPACE)
-MAX_DEATHS = 3  # a batch that has taken this many actors down with it fails the run
 
 
 def _ray() -> Any:
@@ -126,8 +127,8 @@ class RayExecutor:
         pending = iter(batches)
         idle = list(range(self.actors))
         inflight: dict[Any, tuple[int, Batch]] = {}  # result ref -> (actor slot, batch)
-        retry: list[Batch] = []  # batches of actors that died
-        deaths: dict[tuple[int, ...], int] = {}  # a batch's records -> actors that died running it
+        retry: list[Batch] = []  # records of batches whose actors died, to redo one by one
+        deaths = Deaths()
         exhausted = False
         while True:
             while idle and (retry or not exhausted):
@@ -148,15 +149,11 @@ class RayExecutor:
             except lost as exc:
                 if getattr(exc, "actor_init_failed", False):
                     raise  # its __init__ raised: a fresh actor would do the same
-                rids = tuple(batch.rids)
-                deaths[rids] = deaths.get(rids, 0) + 1
-                if deaths[rids] >= MAX_DEATHS:
-                    raise ModelError(f"records {batch.rids} of stage {stage.name} took {MAX_DEATHS} Ray actors "
-                                     f"down with them (last: {type(exc).__name__})",
-                                     "the actors' logs on the Ray cluster say why (out of memory?); "
-                                     "a smaller --batch-size may help") from exc
+                redo, failed = deaths.lost(batch, f"Ray actor {self.actor_names[slot]}", type(exc).__name__)
                 self._replace(slot)
-                retry.append(batch)
+                retry.extend(redo)
+                if failed is not None:
+                    yield failed
                 continue
             except ray.exceptions.RayTaskError as exc:
                 raise exc.cause from exc  # e.g. a model that cannot be opened: raised as itself

@@ -21,8 +21,8 @@ from typing import Any
 
 from ..config import RunConfig
 from ..roles import Role, RoleModels
-from ..stage import Batch, Outputs
-from . import BatchResult, HeldModel, WorkerView
+from ..stage import Batch
+from . import BatchResult, Deaths, HeldModel, WorkerView
 
 POLL_SECONDS = 0.5  # how often the driver looks for dead workers while it waits
 
@@ -91,7 +91,7 @@ class WorkerPoolExecutor:
         inflight: dict[int, tuple[int, Batch]] = {}  # worker -> (task id, batch)
         retry: list[Batch] = []  # batches of workers that died
         given_up: list[BatchResult] = []  # records a worker died on twice, alone
-        deaths: dict[int, int] = {}
+        deaths = Deaths()
         next_id, exhausted = 0, False
         while True:
             while given_up:
@@ -123,11 +123,9 @@ class WorkerPoolExecutor:
             yield BatchResult(batch, outputs, seconds, in_model)
 
     def _replace_dead(self, inflight: dict, idle: list[int], retry: list[Batch], given_up: list[BatchResult],
-                      deaths: dict[int, int]) -> None:
-        """Restart dead workers. A dead worker's batch is redone one record at a time (so that a
-        record that kills its worker, e.g. by running it out of memory, dies alone); a record
-        whose worker died twice while it was in flight, the second time alone, fails with the
-        reason and the run goes on (the next run retries it)."""
+                      deaths: Deaths) -> None:
+        """Restart dead workers; their batches go to ``deaths`` (redone record by record, or
+        failed for a record that took its worker down twice)."""
         for wid, worker in enumerate(self._workers):
             if worker is not None and not worker[0].is_alive():
                 code = worker[0].exitcode
@@ -136,14 +134,10 @@ class WorkerPoolExecutor:
                     continue
                 batch = inflight.pop(wid)[1]
                 idle.append(wid)
-                for rid in batch.rids:
-                    deaths[rid] = deaths.get(rid, 0) + 1
-                if len(batch.rids) == 1 and deaths[batch.rids[0]] >= 2:
-                    reason = (f"worker {wid} died while this record was in flight, {deaths[batch.rids[0]]} times, "
-                              f"the last time alone (exit code {code})")
-                    given_up.append(BatchResult(batch, Outputs(failed={batch.rids[0]: reason}), 0.0))
-                else:
-                    retry.extend(batch.subset([rid]) for rid in reversed(batch.rids))
+                redo, failed = deaths.lost(batch, f"worker {wid}", f"exit code {code}")
+                retry.extend(redo)
+                if failed is not None:
+                    given_up.append(failed)
 
     def close(self) -> None:
         for worker in self._workers:

@@ -43,8 +43,8 @@ class HeldOut:
 
 
 def held_out(path: str | Path, n: int = HELD_OUT, k: int = HELD_OUT_K, seed: int = HELD_OUT_SEED,
-             top_k: int = 50) -> HeldOut:
-    """Sample ``k`` answers (T=0.7 and ``top_k``, as the runs sample, through the normal adapter)
+             temperature: float = 0.7, top_k: int = 50) -> HeldOut:
+    """Sample ``k`` answers (at ``temperature`` and ``top_k``, as the runs sample, through the normal adapter)
     to ``n`` fixed ShapesWorld questions of the kinds the demo's dataset asks, and read them with
     the world's reader."""
     from PIL import Image
@@ -56,7 +56,7 @@ def held_out(path: str | Path, n: int = HELD_OUT, k: int = HELD_OUT_K, seed: int
     scenes = [world.random_scene(rng) for _ in range(n)]
     questions = [world.questions_for(s, rng, yes_no_share=0.0) for s in scenes]
     images = [Image.open(io.BytesIO(world.render(s, rng))).convert("RGB") for s in scenes]
-    answers = model.generate(images, questions, keys=list(range(n)), k=k, max_new_tokens=40, temperature=0.7,
+    answers = model.generate(images, questions, keys=list(range(n)), k=k, max_new_tokens=40, temperature=temperature,
                              seed=seed, top_k=top_k)
     readings = [world.read(q, a.text, s) for s, q, some in zip(scenes, questions, answers) for a in some]
     return HeldOut(round(sum(r.hallucinations > 0 for r in readings) / len(readings), 4),
@@ -116,7 +116,7 @@ def measure(work: Path, config, states, base: Path, settings, seed: int, n: int,
     ours = [base] + [Path(s.model) for s in states]
     rounds = []
     for r, model in enumerate(ours):
-        figures = held_out(model, n, top_k=config.top_k)
+        figures = held_out(model, n, temperature=config.temperature, top_k=config.top_k)
         entry = {"round": r, "hallucination_rate": figures.hallucination_rate, "omission_rate": figures.omission_rate,
                  "pairs": None, "pair_accuracy": None}
         if r < len(states):
@@ -145,7 +145,7 @@ def measure(work: Path, config, states, base: Path, settings, seed: int, n: int,
             write_control_pairs(Path(state.work_dir), samples, pairs, seed + r)
             train_dpo(pairs, previous, folder / "model", settings.train_for(r), log=log)
             previous = folder / "model"
-        figures = held_out(previous, n, top_k=config.top_k)
+        figures = held_out(previous, n, temperature=config.temperature, top_k=config.top_k)
         log(f"control round {r}: held-out hallucination rate {figures.hallucination_rate:.3f}")
         control.append({"round": r, "hallucination_rate": figures.hallucination_rate,
                         "omission_rate": figures.omission_rate})

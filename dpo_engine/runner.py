@@ -136,7 +136,7 @@ class Runner:
     def _run_whole(self, stage, h: str, upstream, report: StageReport) -> None:
         t0 = time.perf_counter()
         (up,) = upstream
-        kept = stage.process_run(self.store.iter_pairs_for_filter(up), self.config)
+        kept = stage.process_run(self.store.iter_pairs_for_filter(up, stage.wants_texts(self.config)), self.config)
         report.computed = self.store.commit_run_stage(stage.name, h, up, kept, time.perf_counter() - t0)
         report.reused = 0
         self.observer.batch_done(stage.name, report.computed, 0, 0)

@@ -20,6 +20,28 @@ def word_count(text: str) -> int:
     return len(words(text))
 
 
+# How the reference counts words (nltk's word_tokenize, the Penn Treebank rules), for
+# --compat reference: punctuation marks and clitics are words of their own ("isn't" is "is"
+# "n't", "cat's" is "cat" "'s", "can't" is "ca" "n't"), numbers keep their inner points and
+# commas, hyphenated words stay whole, and "..." is one word. nltk's sentence splitter keeps a
+# period inside an abbreviation ("e.g.") on its word; here every period that ends no number
+# counts on its own, which for model answers differs only on abbreviations.
+_TREEBANK = re.compile(r"""
+    \w+(?=n't\b)                # the word before "n't"
+  | n't\b
+  | '(?:s|re|ve|ll|d|m)\b        # clitics
+  | \d+(?:[.,]\d+)+             # 3.5, 1,000
+  | \w+(?:-\w+)*                # words, hyphenated ones whole
+  | \.\.\.
+  | [^\w\s]                     # any other mark
+""", re.VERBOSE | re.IGNORECASE)
+
+
+def reference_word_count(text: str) -> int:
+    """Words as the reference counts them (see ``_TREEBANK``)."""
+    return len(_TREEBANK.findall(text))
+
+
 def ngram_set(text: str, n: int = 10) -> frozenset:
     """The set of word n-grams of ``text`` (empty when it has fewer than n words)."""
     w = words(text)

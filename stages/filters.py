@@ -9,6 +9,9 @@
   the pair with the largest difference is removed (as the reference does, this only ever
   removes pairs whose chosen answer is the longer one).
 
+Words are counted on whitespace; under ``compat="reference"`` as the reference counts them,
+with punctuation marks and clitics as words (``text.reference_word_count``).
+
 It needs the run's global mean, so it runs over the whole run at once, but reads the pairs
 as a stream and keeps only a few numbers per pair in memory.
 
@@ -23,6 +26,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import numpy as np
+
+from dpo_engine.text import reference_word_count
 
 from ._base import ModelFree
 
@@ -55,6 +60,10 @@ class _RunFilter(ModelFree):
     writes: tuple[str, ...] = ()
     scope = "run"
 
+    def wants_texts(self, config) -> bool:
+        """Whether ``process_run`` gets the pairs' texts in place of their word counts."""
+        return False
+
     @staticmethod
     def shuffled(rids: np.ndarray, ords: np.ndarray, seed: int) -> list[tuple[int, int]]:
         perm = np.random.default_rng(seed).permutation(len(rids))
@@ -64,8 +73,12 @@ class _RunFilter(ModelFree):
 class FilterStage(_RunFilter):
 
     def settings(self, config) -> dict:
+        compat = {"compat": config.compat} if config.compat != "off" else {}
         return {"max_pairs_per_idx": config.max_pairs_per_idx,
-                "length_balance": config.length_balance, "seed": config.seed}
+                "length_balance": config.length_balance, "seed": config.seed, **compat}
+
+    def wants_texts(self, config) -> bool:
+        return config.compat == "reference"  # it counts words its own way: reference_word_count
 
     def process_run(self, pairs: Iterable[tuple], config) -> list[tuple[int, int]]:
         """``pairs``: (rid, ord, chosen_hash, rejected_hash, chosen_words, rejected_words) by
@@ -74,7 +87,10 @@ class FilterStage(_RunFilter):
         ords: list[int] = []
         diffs: list[int] = []
         current, seen, count = None, set(), 0
+        count_words = reference_word_count if self.wants_texts(config) else None
         for rid, ord_, ch, rh, cw, rw in pairs:
+            if count_words is not None:
+                cw, rw = count_words(cw), count_words(rw)
             if rid != current:
                 current, seen, count = rid, set(), 0
             if ch == rh or (ch, rh) in seen or count >= config.max_pairs_per_idx:

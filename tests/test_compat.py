@@ -8,7 +8,9 @@ import numpy as np
 from dpo_engine.config import RunConfig
 from dpo_engine.stage import Batch, LogprobRow, RewardRow, SampleRow
 from dpo_engine.stages.pair import PairStage
+from dpo_engine.stages.filters import FilterStage
 from dpo_engine.stages.reward import RewardStage
+from dpo_engine.text import reference_word_count, word_count
 
 
 def _config(**kw) -> RunConfig:
@@ -79,3 +81,39 @@ def test_compat_off_leaves_the_settings_hashes_as_they_were():
     sample = next(s for s in stages if s.name == "sample")
     assert sample.settings(_config())["top_k"] == 50 and "top_p" not in sample.settings(_config())
     assert "top_k" not in sample.settings(_config(top_k=0))
+
+
+def test_the_reference_counts_punctuation_and_clitics_as_words():
+    # worked by hand from the Penn Treebank rules nltk's word_tokenize applies
+    cases = {"There is a red circle.": ["There", "is", "a", "red", "circle", "."],
+             "The cat's on the mat, isn't it?": ["The", "cat", "'s", "on", "the", "mat", ",", "is", "n't", "it", "?"],
+             "I can't see 3.5 shapes (maybe 1,000).": ["I", "ca", "n't", "see", "3.5", "shapes", "(", "maybe",
+                                                       "1,000", ")", "."],
+             "A well-known shape... They're blue!": ["A", "well-known", "shape", "...", "They", "'re", "blue", "!"]}
+    for text, words in cases.items():
+        assert reference_word_count(text) == len(words), text
+    assert [word_count(t) for t in cases] == [5, 7, 7, 5]  # ours: whitespace
+
+
+def test_the_reference_length_filter_counts_words_its_way():
+    """Pair 0's chosen is as long as its rejected by whitespace (4 and 4) but longer by the
+    reference's count (8: every comma and the period are words), so the mean difference (0 against
+    2) decides whether the length filter keeps it."""
+    texts = [("a, b, c, d.", "x y z w"), ("p q", "r s")]
+    ours = [(rid, 0, 2 * rid, 2 * rid + 1, word_count(c), word_count(r)) for rid, (c, r) in enumerate(texts)]
+    reference = [(rid, 0, 2 * rid, 2 * rid + 1, c, r) for rid, (c, r) in enumerate(texts)]
+    stage = FilterStage()
+    assert not stage.wants_texts(_config()) and stage.wants_texts(_config(compat="reference"))
+    assert sorted(stage.process_run(ours, _config())) == [(0, 0), (1, 0)]
+    assert stage.process_run(reference, _config(compat="reference")) == [(1, 0)]
+
+
+def test_a_compat_run_goes_through_the_store_and_writes_pairs(tiny_models, demo_parquet, tmp_path):
+    """The reference's word counts reach the filter from the store's texts on a real run."""
+    import json
+
+    from conftest import cli, run_args
+
+    summary = json.loads(cli(*run_args(tiny_models, demo_parquet, tmp_path / "W", "--compat", "reference",
+                                       "--json")).stdout.splitlines()[-1])
+    assert summary["pairs"] > 0 and all(s["failed"] == 0 for s in summary["stages"])

@@ -141,11 +141,13 @@ class StoreReads(StoreBase):
         return batch
 
     # ------------------------------------------------------------------ run-scope (filter)
-    def iter_pairs_for_filter(self, upstream: tuple[str, str]) -> Iterator[tuple]:
+    def iter_pairs_for_filter(self, upstream: tuple[str, str], texts: bool = False) -> Iterator[tuple]:
         """(rid, ord, chosen_hash, rejected_hash, chosen_words, rejected_words), by rid and ord,
-        for records whose pair stage is done under the given hash."""
+        for records whose pair stage is done under the given hash; with ``texts``, the chosen
+        and rejected texts in place of their word counts (for a filter that counts its own way)."""
+        last = "c.text, r.text" if texts else "c.n_words, r.n_words"
         yield from self.conn.execute(
-            "SELECT p.rid, p.ord, c.text_hash, r.text_hash, c.n_words, r.n_words FROM pair p"
+            f"SELECT p.rid, p.ord, c.text_hash, r.text_hash, {last} FROM pair p"
             " JOIN stage_state s ON s.stage = ? AND s.rid = p.rid AND s.status = 'done'"
             "  AND s.settings_hash = ?"
             " JOIN sample c ON c.rid = p.rid AND c.inner_idx = p.chosen"

@@ -83,6 +83,34 @@ def test_both_backends_truncate_alike_with_top_k_and_top_p(both):
     assert any(len({g.text for g in gens}) > 1 for gens in free)  # untruncated, the answers differ
 
 
+def test_both_samplers_draw_the_same_tokens_from_one_seeded_stream_under_top_k_and_top_p():
+    """What each backend samples through, on the same logits: our ``SeededSampler`` and vLLM's
+    CPU sampler (temperature, its top-k/top-p, then a draw with exponential noise from each
+    request's own seeded generator). Our distribution, drawn with the same noise from the same
+    generators, must give vLLM's token in every row, for every truncation."""
+    import torch
+    from vllm.v1.sample.ops.topk_topp_sampler import TopKTopPSampler
+
+    from dpo_engine.models.sampling import SeededSampler
+
+    rows, vocab, temperature = 64, 190, 0.7  # the tiny models' vocabulary size
+    logits = torch.randn(rows, vocab, generator=torch.Generator().manual_seed(0)) * 4
+    theirs_sampler = TopKTopPSampler(use_fp64_gumbel=True)  # the seeded-noise path of its CPU sampler
+    for top_k, top_p in ((50, 1.0), (0, 0.9), (50, 0.8), (5, 0.5), (1, 1.0)):
+        streams = lambda: {i: torch.Generator().manual_seed(1000 + i) for i in range(rows)}  # noqa: E731
+        k = torch.full((rows,), top_k) if top_k else None
+        p = torch.full((rows,), top_p) if top_p < 1.0 else None
+        theirs, _ = theirs_sampler(logits.clone() / temperature, streams(), k, p)
+        probs = SeededSampler(torch.zeros(rows, 1), temperature, top_p, prompt_len=0, top_k=top_k).probs(logits)
+        noise = torch.empty(rows, vocab, dtype=torch.float64)
+        for i, generator in streams().items():
+            noise[i].exponential_(generator=generator)
+        ours = (probs.double() / noise).argmax(dim=-1)
+        assert torch.equal(ours, theirs), (top_k, top_p)
+        kept = (probs > 0).sum(-1)
+        assert (kept <= (top_k or vocab)).all() and (top_p == 1.0 or (kept < vocab).all())
+
+
 def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tmp_path):
     data = write_parquet(tmp_path / "d.parquet", shapes_rows(8))
     extra = ("--backend", "vllm", "--batch-size", "1", "--max-new-tokens", "32", "--device", "cpu")

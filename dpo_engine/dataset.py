@@ -27,7 +27,19 @@ from .config import MAX_IMAGE_PIXELS, MAX_QUESTION_CHARS
 from .errors import DatasetUnreadable
 
 CORE_FIELDS = ("idx", "question", "image")
-PARQUET_BATCH_ROWS = 64
+PARQUET_BATCH_ROWS = 64  # rows per batch read from a parquet file, at most
+PARQUET_BATCH_BYTES = 8 << 20  # and about this much data per batch: fewer rows when rows are big
+
+
+def parquet_batch_rows(pf) -> int:
+    """Rows per batch for the open ``pyarrow.parquet.ParquetFile`` ``pf``, from its mean row
+    size (uncompressed, from the footer): 64 rows of 100 KB images, 2 rows of 4 MB ones, one
+    row of anything bigger, so a batch's memory follows PARQUET_BATCH_BYTES, not the rows."""
+    meta = pf.metadata
+    if meta.num_rows == 0:
+        return PARQUET_BATCH_ROWS
+    total = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+    return max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES // max(1, total // meta.num_rows)))
 
 
 @dataclass
@@ -115,10 +127,11 @@ def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception]]:
                 # peak memory follows the file's largest page, not its row groups: 2,000 x 100 KB
                 # images, 141 MB as one row group and 145 MB in groups of 64 (pages near 1 MB);
                 # 423 MB for one row group written with pyarrow's ~100 MB default pages for
-                # values this big (benchmarks/ingest_memory.py).
+                # values this big (benchmarks/ingest_memory.py). Batches follow bytes: 160 rows of
+                # 4 MB in one row group peaked at 1,120 MB read 64 rows a batch, 99 MB two at a time.
                 pf = pq.ParquetFile(f, buffer_size=1 << 20, pre_buffer=False)
                 n = 0
-                for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, use_threads=False):
+                for batch in pf.iter_batches(batch_size=parquet_batch_rows(pf), use_threads=False):
                     for row in batch.to_pylist():
                         yield f"{f.name}:{n}", row
                         n += 1

@@ -145,3 +145,24 @@ def test_oversized_images_and_questions_are_refused_by_their_numbers(tmp_path):
     assert [r.error for r in relaxed] == [None, None]
     checked = cli("validate", path, "--max-question-chars", "30000", check=False)
     assert checked.returncode == 1 and "81,000,000 pixels" in checked.stdout and "characters" not in checked.stdout
+
+
+def test_big_rows_are_read_a_few_at_a_time_whatever_the_row_groups(tmp_path):
+    """Batches follow bytes, not rows or row groups: 12 rows of 3 MB (incompressible) bytes in
+    one row group are read two at a time (8 MB a batch), small rows 64 at a time, and every row
+    still arrives once, in order."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from dpo_engine.dataset import PARQUET_BATCH_BYTES, PARQUET_BATCH_ROWS, iter_rows, parquet_batch_rows
+
+    big = [{"idx": f"b{i}", "question": "q", "image": {"bytes": os.urandom(3 << 20), "path": f"b{i}.png"}} for i in range(12)]
+    pq.write_table(pa.Table.from_pylist(big), tmp_path / "big.parquet", row_group_size=12, compression="none")
+    pf = pq.ParquetFile(tmp_path / "big.parquet")
+    assert pf.metadata.num_row_groups == 1 and parquet_batch_rows(pf) == PARQUET_BATCH_BYTES // (3 << 20) == 2
+    small = write_parquet(tmp_path / "small" / "s.parquet", shapes_rows(100))
+    assert parquet_batch_rows(pq.ParquetFile(small)) == PARQUET_BATCH_ROWS
+    source = open_dataset(tmp_path / "big.parquet")
+    assert [row["idx"] for _, row in iter_rows(source)] == [r["idx"] for r in big]

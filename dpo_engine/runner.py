@@ -136,7 +136,10 @@ class Runner:
     def _run_whole(self, stage, h: str, upstream, report: StageReport) -> None:
         t0 = time.perf_counter()
         (up,) = upstream
-        kept = stage.process_run(self.store.iter_pairs_for_filter(up, stage.wants_texts(self.config)), self.config)
+        # A filter may ask for the pairs' texts in place of their word counts (optional: the
+        # pipeline API's run-scope stages need not know of it).
+        texts = getattr(stage, "wants_texts", lambda config: False)(self.config)
+        kept = stage.process_run(self.store.iter_pairs_for_filter(up, texts), self.config)
         report.computed = self.store.commit_run_stage(stage.name, h, up, kept, time.perf_counter() - t0)
         report.reused = 0
         self.observer.batch_done(stage.name, report.computed, 0, 0)

@@ -168,3 +168,6 @@ class Stage(Protocol):
     def batch_size(self, config: Any) -> int: ...
 
     def process(self, batch: Batch, model: Any, config: Any) -> Outputs: ...
+
+    # A run-scope stage has ``process_run(pairs, config)`` instead of ``process``; it may also
+    # have ``wants_texts(config) -> bool`` to get the pairs' texts in place of their word counts.

@@ -43,6 +43,10 @@ class ConfigError(DpoEngineError):
     exit_code = 2
 
 
+class IterationChanged(ConfigError):
+    """A work dir holds an iteration planned with other settings."""
+
+
 class ModelError(DpoEngineError):
     """A model could not be found or loaded."""
 

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from .config import RunConfig
-from .errors import ConfigError, DpoEngineError, WorkDirBusy
+from .errors import ConfigError, DpoEngineError, IterationChanged, WorkDirBusy
 from .observer import Observer, Silent
 from .store.rounds import ITERATE_DB, Rounds, RoundState
 from .training import TrainSettings
@@ -243,7 +243,7 @@ def iterate(config: RunConfig, settings: IterateSettings, observer: Observer | N
                 rounds.save_plan(wanted)
             elif plan != wanted:
                 changed = sorted(k for k in wanted if plan.get(k) != wanted[k])
-                raise ConfigError(f"{work} holds an iteration with other settings (changed: {', '.join(changed)})",
+                raise IterationChanged(f"{work} holds an iteration with other settings (changed: {', '.join(changed)})",
                                   "rerun with the same settings to continue it, pass --restart to start over, "
                                   "or use another --work-dir")
             instruct = config.model_path("instruct")

@@ -107,6 +107,7 @@ def run_iterate_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", roun
     from .demo.proof import measure, record
     from .demo.trainers import build_world_models
     from .demo.world import write_dataset
+    from .errors import IterationChanged
     from .iterate import IterateSettings, iterate
     from .pipelines import get_pipeline
     from .training import TrainSettings
@@ -125,6 +126,9 @@ def run_iterate_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", roun
                        reward_margin=DEMO_REWARD_MARGIN if pipeline == "dpo_reward" else 0.0)
     train = TrainSettings(**DEMO_TRAIN, max_steps=max_steps, seed=seed)
     plan = IterateSettings(rounds=rounds, split_seed=seed, train=train, lr_decay=DEMO_LR_DECAY)
-    states = iterate(config, plan, observer, log=log)
+    try:
+        states = iterate(config, plan, observer, log=log)
+    except IterationChanged as exc:  # the demo's own settings changed with the code: no --restart here
+        raise IterationChanged(exc.message, f"remove {loop} or give the demo another work dir") from exc
     entry = measure(loop, config, states, Path(paths["instruct"]), plan, seed, held_out, observer, log)
     return IterateDemoResult(states, record(work, pipeline, entry), work)

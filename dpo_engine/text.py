@@ -22,17 +22,19 @@ def word_count(text: str) -> int:
 
 # How the reference counts words (nltk's word_tokenize, the Penn Treebank rules), for
 # --compat reference: punctuation marks and clitics are words of their own ("isn't" is "is"
-# "n't", "cat's" is "cat" "'s", "can't" is "ca" "n't"), numbers keep their inner points and
-# commas, hyphenated words stay whole, and "..." is one word. nltk's sentence splitter keeps a
-# period inside an abbreviation ("e.g.") on its word; here every period that ends no number
-# counts on its own, which for model answers differs only on abbreviations.
+# "n't", "cat's" is "cat" "'s", "can't" is "ca" "n't", "cannot" is "can" "not"), numbers keep
+# their inner points, commas and colons, hyphenated words stay whole, and "..." and "--" are
+# one word each. nltk's sentence splitter keeps a period inside an abbreviation ("e.g.") on its
+# word; here every period that ends no number counts on its own, which for model answers
+# differs only on abbreviations.
 _TREEBANK = re.compile(r"""
     \w+(?=n't\b)                # the word before "n't"
   | n't\b
+  | \bcan(?=not\b) | (?<=can)not\b   # "cannot" is "can" "not"
   | '(?:s|re|ve|ll|d|m)\b        # clitics
-  | \d+(?:[.,]\d+)+             # 3.5, 1,000
+  | \d+(?:[.,:]\d+)+            # 3.5, 1,000, 3:30
   | \w+(?:-\w+)*                # words, hyphenated ones whole
-  | \.\.\.
+  | \.\.\. | --
   | [^\w\s]                     # any other mark
 """, re.VERBOSE | re.IGNORECASE)
 

@@ -128,14 +128,16 @@ def test_a_record_that_kills_its_actor_twice_fails_alone_and_the_run_goes_on(clu
 
     def watchdog() -> None:
         while not stop.is_set():
-            done = done_count(db, "sample")
-            # The second kill waits for the batch-mate redone before the poison (done + 1).
-            if in_flight(db, POISON, os.getpid()) and (not kills or (len(kills) == 1 and done > kills[0])):
-                try:
-                    ray.kill(ray.get_actor(executor.actor_names[0], namespace=NAMESPACE))
-                except ValueError:  # between actors: try again
-                    continue
-                kills.append(done)
+            if in_flight(db, POISON, os.getpid()):
+                # Counted only now (it cannot move while the poison is in flight); the second
+                # kill waits for the batch-mate redone alone before the poison (done + 1).
+                done = done_count(db, "sample")
+                if not kills or (len(kills) == 1 and done > kills[0]):
+                    try:
+                        ray.kill(ray.get_actor(executor.actor_names[0], namespace=NAMESPACE))
+                    except ValueError:  # between actors: try again
+                        continue
+                    kills.append(done)
             time.sleep(0.002)
 
     killer = threading.Thread(target=watchdog, daemon=True)

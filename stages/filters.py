@@ -60,10 +60,6 @@ class _RunFilter(ModelFree):
     writes: tuple[str, ...] = ()
     scope = "run"
 
-    def wants_texts(self, config) -> bool:
-        """Whether ``process_run`` gets the pairs' texts in place of their word counts."""
-        return False
-
     @staticmethod
     def shuffled(rids: np.ndarray, ords: np.ndarray, seed: int) -> list[tuple[int, int]]:
         perm = np.random.default_rng(seed).permutation(len(rids))

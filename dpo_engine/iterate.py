@@ -4,14 +4,17 @@ before, on a fresh slice of the questions.
 ``WORK_DIR`` of an iteration holds ``iterate.db`` (the plan and each round's step), the
 question slices (``slices/round-R.jsonl``, written once, seeded) and one ordinary run work dir
 per round (``round-R/``: its ``engine.db``, its pairs in TRL's format ``pairs.trl.parquet`` and
-the model trained on them, ``model/``). A round goes through four steps, each of which resumes
-by itself after a crash (the run per record, training from TRL's last checkpoint, the export
-is rewritten whole):
+the model trained on them, ``model/``). A round goes through these steps, each of which
+resumes by itself after a crash (the run per record, training from TRL's last checkpoint, the
+export is rewritten whole, selection from the scores already taken):
 
-    run -> export -> train -> done
+    run -> export -> train [-> select] -> done
 
 so a rerun of the same command goes on from the step ``iterate.db`` names, and the model
-that round R trained is round R+1's instruct model.
+that round R trained is round R+1's instruct model. With ``select_cmd`` (the paper keeps each
+round's best checkpoint) training also saves the model at each epoch's end, the command scores
+each of them (lower is better; its last line of output is the score, kept in
+``round-R/select.json``) and the round's model is the best one.
 """
 
 from __future__ import annotations
@@ -33,9 +36,10 @@ from .observer import Observer, Silent
 from .store.rounds import ITERATE_DB, Rounds, RoundState
 from .training import TrainSettings
 
-STEPS = ("run", "export", "train", "done")
+STEPS = ("run", "export", "train", "select", "done")
 PAIRS = "pairs.trl.parquet"
 MODEL = "model"
+SCORES = "select.json"
 
 
 @dataclass(frozen=True)
@@ -54,12 +58,16 @@ class IterateSettings:
     # Round r trains at the learning rate times lr_decay ** (r - 1): later rounds learn from
     # fewer, less varied pairs of a model already trained (1.0: the same rate every round).
     lr_decay: float = 1.0
+    # Keep each round's best epoch: a shell command with {model} (and {python}, this Python)
+    # whose last line of output is the model's score, lower is better.
+    select_cmd: str | None = None
 
     def train_for(self, r: int) -> TrainSettings:
         """Round ``r``'s (1-based) training settings."""
+        train = replace(self.train, keep_epochs=True) if self.select_cmd else self.train
         if self.lr_decay == 1.0 or r <= 1:
-            return self.train
-        return replace(self.train, learning_rate=self.train.learning_rate * self.lr_decay ** (r - 1))
+            return train
+        return replace(train, learning_rate=train.learning_rate * self.lr_decay ** (r - 1))
 
     def check(self) -> None:
         if self.rounds < 1:
@@ -74,6 +82,12 @@ class IterateSettings:
         if self.train_cmd is not None and self.lr_decay != 1.0:
             raise ConfigError("--lr-decay applies to the built-in trainer, not to --train-cmd",
                               "set each round's rate in your own trainer, or leave --lr-decay at 1")
+        if self.select_cmd is not None and "{model}" not in self.select_cmd:
+            raise ConfigError("--select-cmd lacks {model}",
+                              "it is run once per epoch's model with {model} filled in and must print a score")
+        if self.select_cmd is not None and self.train_cmd is not None:
+            raise ConfigError("--select-cmd chooses among the built-in trainer's epochs; --train-cmd keeps none",
+                              "leave one of them out")
         if self.train_cmd is not None:
             missing = [p for p in ("{dataset}", "{model}", "{out}") if p not in self.train_cmd]
             if missing:
@@ -192,9 +206,10 @@ def _plan_settings(config: RunConfig, settings: IterateSettings) -> dict:
     run again, so a changed pairing or sampling setting could not reach it)."""
     what = {k: v for k, v in asdict(config).items() if k not in _HOW}
     return {**json.loads(json.dumps(what)), "dataset": str(Path(config.dataset).resolve()),
-            "rounds": settings.rounds, "split_seed": settings.split_seed, "train": asdict(settings.train),
+            "rounds": settings.rounds, "split_seed": settings.split_seed,
+            "train": {k: v for k, v in asdict(settings.train).items() if k != "keep_epochs"},  # select_cmd says
             "train_cmd": settings.train_cmd, "reward_models": list(settings.reward_models),
-            "reference": settings.reference,
+            "reference": settings.reference, **({"select_cmd": settings.select_cmd} if settings.select_cmd else {}),
             **({"lr_decay": settings.lr_decay} if settings.lr_decay != 1.0 else {})}
 
 
@@ -295,8 +310,47 @@ def _work_round(rounds: Rounds, state: RoundState, config: RunConfig, settings: 
             state = rounds.advance(state, "train", time.perf_counter() - started, pairs=report.pairs)
         elif state.step == "train":
             _train(pairs, state, settings, config.trust_remote_code, log)
-            state = rounds.advance(state, "done", time.perf_counter() - started)
+            state = rounds.advance(state, "select" if settings.select_cmd else "done", time.perf_counter() - started)
+        elif state.step == "select":
+            from .training import epoch_models
+
+            best = pick_best(epoch_models(state.model), settings.select_cmd, work / SCORES, log)
+            state = rounds.advance(state, "done", time.perf_counter() - started, model=str(best))
     return state
+
+
+def pick_best(candidates: list[Path], command: str, scores_file: Path,
+              log: Callable[[str], None] = lambda line: None) -> Path:
+    """The candidate model whose score ``command`` (``{model}``, ``{python}``; the last line of
+    its output is a number, lower is better) finds lowest; on a tie the earlier one. Each score
+    is kept in ``scores_file`` as soon as it is taken, so a rerun scores only the rest."""
+    import sys
+
+    if not candidates:
+        raise DpoEngineError(f"no epoch models to choose from in {scores_file.parent}",
+                             "training saves one per epoch when selection is on: train again")
+    scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
+    for model in candidates:
+        if str(model) in scores:
+            continue
+        line = command.format(model=shlex.quote(str(model)), python=shlex.quote(sys.executable))
+        done = subprocess.run(line, shell=True, capture_output=True, text=True)
+        last = (done.stdout.strip().splitlines() or [""])[-1]
+        try:
+            score = float(last)
+        except ValueError:
+            score = None
+        if done.returncode != 0 or score is None:
+            raise DpoEngineError(f"--select-cmd gave no score for {model} (exit code {done.returncode}, "
+                                 f"last line {last!r})", f"its error output ended: {done.stderr.strip()[-300:]}")
+        scores[str(model)] = score
+        staged = scores_file.with_suffix(".tmp")
+        staged.write_text(json.dumps(scores, indent=2) + "\n")
+        staged.replace(scores_file)
+        log(f"{model.name}: score {score:g}")
+    best = min(candidates, key=lambda m: scores[str(m)])
+    log(f"kept {best.name} (score {scores[str(best)]:g})")
+    return best
 
 
 def _train(pairs: Path, state: RoundState, settings: IterateSettings, trust_remote_code: bool,

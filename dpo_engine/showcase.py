@@ -104,6 +104,7 @@ def run_iterate_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", roun
     """``rounds`` rounds of ``dpo-engine iterate`` in ShapesWorld (``records`` new questions
     each), then the held-out figures of every round's model and of the random-pair control
     (``WORK_DIR/iterate.json``, ``WORK_DIR/iterate.svg``; see ``demo.proof``). Rerun to resume."""
+    from .demo import selection
     from .demo.proof import measure, record
     from .demo.trainers import build_world_models
     from .demo.world import write_dataset
@@ -125,7 +126,8 @@ def run_iterate_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", roun
                        max_new_tokens=max_new_tokens, seed=seed, temperature=DEMO_ITERATE_TEMPERATURE,
                        reward_margin=DEMO_REWARD_MARGIN if pipeline == "dpo_reward" else 0.0)
     train = TrainSettings(**DEMO_TRAIN, max_steps=max_steps, seed=seed)
-    plan = IterateSettings(rounds=rounds, split_seed=seed, train=train, lr_decay=DEMO_LR_DECAY)
+    plan = IterateSettings(rounds=rounds, split_seed=seed, train=train, lr_decay=DEMO_LR_DECAY,
+                           select_cmd=selection.command(DEMO_ITERATE_TEMPERATURE, config.top_k, held_out))
     try:
         states = iterate(config, plan, observer, log=log)
     except IterationChanged as exc:  # the demo's own settings changed with the code: no --restart here

@@ -5,6 +5,10 @@ No DPO loop of our own: the pairs go to TRL in its own conversational vision for
 loads as an instruct model (LoRA adapters are merged into it). TRL's checkpoints live under
 ``OUT/checkpoints``; a rerun of the same command resumes from the newest one, and a folder
 that already holds the finished model (``OUT/dpo_engine_train.json``) is left as it is.
+
+With ``keep_epochs`` the model as it stands at the end of each epoch (and of training) is also
+saved, whole and loadable, to ``OUT/epochs/step-N`` (the paper keeps the best epoch, chosen on a benchmark; see
+``iterate.pick_best``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from .errors import ConfigError, DpoEngineError
 
 DONE = "dpo_engine_train.json"
 CHECKPOINTS = "checkpoints"
+EPOCHS = "epochs"
 TRL_COLUMNS = ("images", "prompt", "chosen", "rejected")
 
 
@@ -35,6 +40,7 @@ class TrainSettings:
     lora_rank: int = 0  # 0: full fine-tuning
     sft_weight: float = 0.0  # > 0: add the chosen answers' NLL (TRL's "sft" loss) with this weight
     save_steps: int = 50
+    keep_epochs: bool = False  # also save the model at each epoch's end (OUT/epochs/step-N)
     seed: int = 0
     device: str = "auto"  # auto, cpu or cuda
 
@@ -45,6 +51,9 @@ class TrainSettings:
             raise ConfigError("--sft-weight must be 0 or more")
         if self.epochs <= 0 and self.max_steps <= 0:
             raise ConfigError("nothing to train: --epochs and --max-steps are both 0")
+        if self.keep_epochs and self.lora_rank:
+            raise ConfigError("keeping each epoch's model is not supported with --lora-rank yet",
+                              "train all weights (--lora-rank 0), or keep only the last model")
 
 
 @dataclass(frozen=True)
@@ -104,6 +113,41 @@ def _last_complete_checkpoint(checkpoints: Path, log) -> str | None:
     return None
 
 
+def epoch_models(out: str | Path) -> list[Path]:
+    """The models ``keep_epochs`` saved under ``out`` (``epochs/step-N``), earliest first."""
+    folder = Path(out) / EPOCHS
+    found = [p for p in folder.glob("step-*") if p.name.split("-")[-1].isdigit()] if folder.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _epoch_saver(out: Path, processor):
+    """A TRL callback that saves the model whole at each epoch's end and at the end of training
+    (``--max-steps`` may stop mid-epoch), as ``OUT/epochs/step-N``: to a staged folder renamed
+    into place, so a crash mid-save leaves no half model (resuming redoes that save)."""
+    import shutil
+
+    from transformers import TrainerCallback
+
+    def save(state, model):
+        final = out / EPOCHS / f"step-{state.global_step}"
+        if final.is_dir() or not state.is_world_process_zero:
+            return
+        staged = final.with_name(final.name + ".tmp")
+        shutil.rmtree(staged, ignore_errors=True)
+        model.save_pretrained(staged)
+        processor.save_pretrained(staged)
+        staged.rename(final)
+
+    class SaveEachEpoch(TrainerCallback):
+        def on_epoch_end(self, args, state, control, model=None, **kwargs):
+            save(state, model)
+
+        def on_train_end(self, args, state, control, model=None, **kwargs):
+            save(state, model)
+
+    return SaveEachEpoch()
+
+
 def train_dpo(pairs: str | Path, model: str | Path, out: str | Path, settings: TrainSettings = TrainSettings(), *,
               trust_remote_code: bool = False, log: Callable[[str], None] = lambda m: None) -> TrainReport:
     """DPO-train ``model`` on the TRL-format parquet ``pairs``; the result goes to ``out``."""
@@ -152,7 +196,8 @@ def train_dpo(pairs: str | Path, model: str | Path, out: str | Path, settings: T
                        loss_type=["sigmoid", "sft"] if settings.sft_weight else ["sigmoid"],
                        loss_weights=[1.0, settings.sft_weight] if settings.sft_weight else None)
     trainer = DPOTrainer(model=network, args=config, train_dataset=table, processing_class=processor,
-                         peft_config=peft_config)
+                         peft_config=peft_config,
+                         callbacks=[_epoch_saver(out, processor)] if settings.keep_epochs else None)
     log(f"training {model} on {len(table)} pairs" + (f", resuming from {last}" if last else ""))
     start = time.perf_counter()
     result = trainer.train(resume_from_checkpoint=last)

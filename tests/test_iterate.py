@@ -25,7 +25,7 @@ pytestmark = pytest.mark.demo  # the ShapesWorld rounds are among the suite's lo
 from dpo_engine.dataset import iter_records, open_dataset  # noqa: E402
 from dpo_engine.iterate import write_slices  # noqa: E402
 
-DEMO = ("--iterate", "2", "--records", "10", "--sample-k", "4", "--max-steps", "24", "--held-out", "12")
+DEMO = ("--iterate", "2", "--records", "10", "--sample-k", "4", "--max-steps", "12", "--held-out", "12")
 
 
 def _rows_of(path: Path) -> list:
@@ -85,6 +85,51 @@ def test_iterate_trains_each_round_from_the_last_and_refuses_changed_settings(ti
     assert "round 2/2" in frame and "filter" in frame
     changed = cli(*args[:-1], "--rounds", "3", check=False)
     assert changed.returncode == 2 and "other settings" in changed.stderr and "rounds" in changed.stderr
+
+
+def test_select_cmd_keeps_each_rounds_best_epoch_and_a_rerun_scores_only_the_rest(tiny_models, tmp_path):
+    data = write_parquet(tmp_path / "d.parquet", shapes_rows(8, prefix="s"))
+    work = tmp_path / "it"
+    scored, block = tmp_path / "scored.txt", tmp_path / "block"
+    scorer = tmp_path / "score.py"  # the score is the step a model was saved at: the earliest is best
+    scorer.write_text("import pathlib, sys\n"
+                      f"log, block = pathlib.Path({str(scored)!r}), pathlib.Path({str(block)!r})\n"
+                      "if block.exists() and log.exists() and log.read_text().count('\\n') >= 1:\n"
+                      "    sys.exit('blocked')\n"
+                      "with log.open('a') as fh:\n"
+                      "    fh.write(sys.argv[1] + '\\n')\n"
+                      "print('scoring', sys.argv[1])\n"
+                      "print(int(sys.argv[1].rsplit('-', 1)[1]))\n")
+    args = ("iterate", "--dataset", data, "--work-dir", work, "--rounds", "2", "--instruct-model",
+            tiny_models["instruct"], "--reward-model", tiny_models["reward"], "--sample-k", "3",
+            "--max-new-tokens", "12", "--epochs", "3", "--train-batch-size", "64", "--lr", "1e-4",
+            "--select-cmd", f"{{python}} {scorer} {{model}}")
+    block.touch()
+    stopped = cli(*args, check=False)
+    assert stopped.returncode == 1 and "gave no score" in stopped.stderr and "blocked" in stopped.stderr
+    assert _steps_of(work) == {1: "select"}
+    block.unlink()
+    cli(*args)
+    epochs = work / "round-1" / "model" / "epochs"
+    assert sorted(p.name for p in epochs.iterdir()) == ["step-1", "step-2", "step-3"]  # one step per epoch
+    lines = scored.read_text().splitlines()
+    assert len(lines) == len(set(lines)) == 6  # 3 per round, none scored twice across the rerun
+    assert json.loads((work / "round-1" / "select.json").read_text()) == {str(epochs / f"step-{n}"): n
+                                                                         for n in (1, 2, 3)}
+    plan = sqlite3.connect(work / "iterate.db")
+    kept = dict(plan.execute("SELECT round, model FROM round"))
+    assert kept == {1: str(epochs / "step-1"), 2: str(work / "round-2" / "model" / "epochs" / "step-1")}
+    run_info = sqlite3.connect(work / "round-2" / "engine.db").execute("SELECT settings FROM run").fetchone()[0]
+    assert json.loads(run_info)["models"]["instruct"] == str(epochs / "step-1")
+    with pytest.raises(Exception, match="lacks {model}"):
+        from dpo_engine.iterate import IterateSettings
+
+        IterateSettings(rounds=1, select_cmd="score it").check()
+
+
+def _steps_of(work: Path) -> dict[int, str]:
+    with sqlite3.connect(work / "iterate.db") as conn:
+        return dict(conn.execute("SELECT round, step FROM round"))
 
 
 def test_a_learning_rate_decay_needs_the_built_in_trainer_and_a_factor_up_to_one():
@@ -194,7 +239,7 @@ def test_the_demo_iteration_killed_in_training_and_in_sampling_resumes_and_finis
     paths = [w / "dpo_reward" / "round-1" / "dataset" / "dpo_dataset.parquet" for w in (work, clean_demo)]
     assert pq.read_table(paths[0]).equals(pq.read_table(paths[1]))
     trained = json.loads((work / "dpo_reward" / "round-1" / "model" / "dpo_engine_train.json").read_text())
-    assert trained["steps"] == 24
+    assert trained["steps"] == 12
 
 
 def test_a_reference_model_of_its_own_changes_the_reward_and_keeps_its_logps_out_of_exports(tiny_models,

@@ -75,6 +75,11 @@ def iterate(
         None, "--train-cmd", help="Train with your own trainer instead: a shell command with {dataset} (the round's "
         "pairs, TRL parquet), {model} (the model to train) and {out} (where it must save the trained model). "
         "Rerun after a crash: it is run again, so make it resume by itself."),
+    select_cmd: Optional[str] = typer.Option(
+        None, "--select-cmd", help="Keep each round's best epoch, as the paper keeps its best checkpoint: training "
+        "also saves the model at each epoch's end, and this shell command is run once per saved model with {model} "
+        "(and {python}, this Python) filled in; the last line it prints is the score, lower is better (for example a "
+        "hallucination rate on your validation set). The best becomes the next round's instruct model."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with "
                                            "the checkpoints."),
     restart: bool = typer.Option(False, "--restart", help="Discard this folder's iteration and start over."),
@@ -104,6 +109,7 @@ def iterate(
                        device=device, backend=backend, beta=beta, trust_remote_code=trust_remote_code)
     settings = IterateSettings(
         rounds=rounds, split_seed=split_seed, train_cmd=train_cmd, reference=reference, reward_models=tuple(round_reward_model or ()), lr_decay=lr_decay,
+        select_cmd=select_cmd,
         train=TrainSettings(beta=beta, learning_rate=lr, epochs=epochs, batch_size=train_batch_size,
                             grad_accum=grad_accum, max_steps=max_steps, lora_rank=lora_rank, sft_weight=sft_weight,
                             save_steps=save_steps, seed=seed, device=device))

@@ -18,6 +18,7 @@ same records, each pair two of that record's answers drawn at random from the sa
 control's own round ``r-1`` model (in round 1 these are our samples: the same model, the same
 seed). Drawing the later rounds' control pairs from *our* samples instead would hand the
 control the gains of our training (the chosen answers' NLL distils the better model into it).
+With a ``select_cmd`` the control keeps its best epoch by the same command, as ours does.
 """
 
 from __future__ import annotations
@@ -109,8 +110,9 @@ def measure(work: Path, config, states, base: Path, settings, seed: int, n: int,
     from dataclasses import replace
 
     from .. import engine
+    from ..iterate import SCORES, pick_best
     from ..store import Store
-    from ..training import train_dpo
+    from ..training import epoch_models, train_dpo
     from .quality import quality_report
 
     ours = [base] + [Path(s.model) for s in states]
@@ -145,6 +147,8 @@ def measure(work: Path, config, states, base: Path, settings, seed: int, n: int,
             write_control_pairs(Path(state.work_dir), samples, pairs, seed + r)
             train_dpo(pairs, previous, folder / "model", settings.train_for(r), log=log)
             previous = folder / "model"
+            if settings.select_cmd:  # its best epoch, chosen as ours were
+                previous = pick_best(epoch_models(previous), settings.select_cmd, folder / SCORES, log)
         figures = held_out(previous, n, temperature=config.temperature, top_k=config.top_k)
         log(f"control round {r}: held-out hallucination rate {figures.hallucination_rate:.3f}")
         control.append({"round": r, "hallucination_rate": figures.hallucination_rate,

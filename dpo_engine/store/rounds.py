@@ -21,7 +21,7 @@ class RoundState:
     step: str
     instruct: str  # the model this round samples from
     work_dir: str
-    model: str  # where this round's trained model goes
+    model: str  # where this round's trained model goes (once selected: the epoch kept)
     pairs: int | None = None
     records: int | None = None
     seconds: dict = field(default_factory=dict)  # per step, once done
@@ -69,6 +69,7 @@ class Rounds:
     def advance(self, state: RoundState, step: str, seconds: float, **counts) -> RoundState:
         done = {**state.seconds, state.step: round(seconds, 2)}
         new = replace(state, step=step, seconds=done, **counts)
-        self.conn.execute("UPDATE round SET step = ?, pairs = ?, records = ?, seconds = ?, updated = ?"
-                          " WHERE round = ?", (step, new.pairs, new.records, json.dumps(done), time.time(), state.round))
+        self.conn.execute("UPDATE round SET step = ?, model = ?, pairs = ?, records = ?, seconds = ?, updated = ?"
+                          " WHERE round = ?", (step, new.model, new.pairs, new.records, json.dumps(done), time.time(),
+                                               state.round))
         return new

@@ -271,10 +271,12 @@ CHAT_FAMILIES: dict[str, Callable] = {
 CHAT_END_OF_TURN = {"gemma3_text": "<end_of_turn>", "qwen2": "<|im_end|>", "qwen3": "<|im_end|>"}
 
 
-def build_byte_bpe_tokenizer(specials: tuple[str, ...]):
+def build_byte_bpe_tokenizer(specials: tuple[str, ...], *, bos: str = "<s>", eos: str = "</s>",
+                             pad: str | None = "<pad>", unk: str | None = "<unk>", add_bos: bool = False):
     """A byte-level BPE tokenizer trained here on the tiny vocabulary: Qwen2's tokenizer class
-    rebuilds itself from a BPE's vocabulary and merges, which a word-level model does not have."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    rebuilds itself from a BPE's vocabulary and merges, which a word-level model does not have;
+    Llama 3's is one too (no pad or unk token, BOS added in front of every text)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
     from .tiny import PUNCTUATION, TEMPLATE_WORDS, WORDS, _template_words
@@ -282,16 +284,55 @@ def build_byte_bpe_tokenizer(specials: tuple[str, ...]):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    base = ["<pad>", "<s>", "</s>", "<unk>", *specials]
+    base = list(dict.fromkeys(t for t in (pad, bos, eos, unk, *specials) if t))
     trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=base,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     corpus = [" ".join(WORDS), " ".join(TEMPLATE_WORDS + PUNCTUATION), " ".join(_template_words())]
     tok.train_from_iterator([line for line in corpus for _ in range(3)] + [w.upper() for w in TEMPLATE_WORDS],
                             trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-                                   pad_token="<pad>")
-    fast.add_special_tokens({"additional_special_tokens": list(specials)})
+    if add_bos:
+        tok.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
+                                                           special_tokens=[(bos, tok.token_to_id(bos))])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, unk_token=unk,
+                                   pad_token=pad)
+    extra = [t for t in specials if t not in (bos, eos, pad, unk)]
+    if extra:
+        fast.add_special_tokens({"additional_special_tokens": extra})
     return fast
+
+
+# The released RLAIF-V split and question-change models are Llama-3-8B-Instruct fine-tunes: a
+# Llama layout, a byte-level BPE with these special tokens, eos <|eot_id|>, no pad token, and
+# Llama 3's chat template (a header per turn, each turn closed by <|eot_id|>).
+LLAMA3_SPECIALS = ("<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                   "<|eot_id|>")
+LLAMA3_TEMPLATE = ("{{ bos_token }}{% for message in messages %}<|start_header_id|>{{ message['role'] }}"
+                   "<|end_header_id|>\n\n{{ message['content'] | trim }}<|eot_id|>{% endfor %}"
+                   "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def build_tiny_llama3_chat(out_dir: str | Path, *, seed: int = 0) -> Path:
+    """A random-weight causal LM in the layout of the released split/question-change models."""
+    import torch
+    import transformers as T
+
+    from .runtime import quiet_transformers
+
+    quiet_transformers()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_byte_bpe_tokenizer(LLAMA3_SPECIALS, bos="<|begin_of_text|>", eos="<|eot_id|>", pad=None, unk=None,
+                                   add_bos=True)
+    tok.chat_template = LLAMA3_TEMPLATE
+    text = dict(TEXT, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    torch.manual_seed(seed)
+    model = T.AutoModelForCausalLM.from_config(T.LlamaConfig(**text, rope_theta=500000.0))
+    model.generation_config.eos_token_id = [tok.convert_tokens_to_ids("<|end_of_text|>"), tok.eos_token_id]
+    model.generation_config.bos_token_id = tok.bos_token_id
+    model.save_pretrained(out)
+    tok.save_pretrained(out)
+    (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "family": "llama3", "role": "chat"}))
+    return out
 
 
 def build_tiny_chat_family(family: str, out_dir: str | Path, *, seed: int = 0) -> Path:

@@ -126,6 +126,34 @@ def test_chat_families_reply_the_same_alone_and_in_a_batch(family, family_dir):
     assert together == [model.chat([p], keys=[(i,)], **kw)[0] for i, p in enumerate(prompts)]
 
 
+def test_a_llama3_checkpoint_serves_the_split_and_question_roles_with_its_own_template(tiny_models, tmp_path):
+    """The released split and question-change models: Llama-3-8B-Instruct's layout and template."""
+    from dpo_engine.models.tiny_families import build_tiny_llama3_chat
+    from dpo_engine.prompts import fill, template
+
+    path = build_tiny_llama3_chat(tmp_path / "llama3")
+    model = TextChatModel(path, device="cpu", dtype="float32")
+    tok = model.tokenizer
+    assert {tok.convert_tokens_to_ids("<|eot_id|>"), tok.convert_tokens_to_ids("<|end_of_text|>")} <= set(model.stop_ids)
+    prompt = model.prompt(fill(template("split", None), question="What is shown?", answer="A red circle."))
+    assert prompt.startswith("<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\n")
+    assert prompt.endswith("<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n") and "### Facts:" in prompt
+    assert tok(prompt, add_special_tokens=False)["input_ids"].count(tok.bos_token_id) == 1  # the template's BOS only
+    replies = model.chat(["describe the red circle ."] * 2, keys=[(0,), (1,)], max_new_tokens=12, temperature=1.0,
+                         top_p=0.9, seed=0)
+    assert all(0 < r.n_tokens <= 12 for r in replies) and replies[0] != replies[1]
+    model.close()
+    data = write_parquet(tmp_path / "d.parquet", shapes_rows(3, seed=5))
+    summary = engine.run_pipeline(RunConfig(
+        pipeline="divide_and_conquer", dataset=str(data), work_dir=str(tmp_path / "dnc"), sample_k=3,
+        max_new_tokens=8, chat_max_new_tokens=24, device="cpu", dtype="float32",
+        models={"instruct": str(tiny_models["instruct"]), "labeler": str(tiny_models["reward"]),
+                "split": str(path), "question": str(path)}))
+    assert summary.records["valid"] == 3
+    for report in summary.reports:
+        assert report.failed == 0, (report.name, report.errors)
+
+
 @pytest.fixture(scope="module")
 def three_records(tmp_path_factory):
     return write_parquet(tmp_path_factory.mktemp("family-data") / "d.parquet", shapes_rows(3, seed=7))

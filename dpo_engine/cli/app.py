@@ -437,7 +437,8 @@ def demo(
                                "(WORK_DIR/iterate.json, iterate.svg)."),
     max_steps: int = typer.Option(-1, "--max-steps", help="--iterate: training updates per round (default: 4 "
                                   "epochs)."),
-    held_out: int = typer.Option(96, "--held-out", min=1, help="--iterate: held-out images (10 answers each)."),
+    held_out: int = typer.Option(96, "--held-out", min=1, help="--iterate: held-out images (10 answers each); "
+                                 "as many validation images, seeded apart, pick each round's best epoch."),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
     debug: Debug = False,
 ):
@@ -449,8 +450,9 @@ def demo(
     often the chosen answer hallucinates less than the rejected one to WORK_DIR/quality.json.
 
     With --iterate N: N rounds of `dpo-engine iterate` (run, train on the pairs with TRL, sample
-    from the trained model), then every round's model and a random-pair control answer held-out
-    questions: WORK_DIR/iterate.json and the chart WORK_DIR/iterate.svg. Rerun to resume."""
+    from the trained model; each round keeps its best epoch on validation questions), then every
+    round's model and a random-pair control answer held-out questions: WORK_DIR/iterate.json and
+    the chart WORK_DIR/iterate.svg. Rerun to resume."""
     from .. import showcase
     from .render import RichObserver, print_iterate, print_quality, print_summary
 

@@ -126,14 +126,18 @@ def show_status(work_dir, json_out: bool, console: Console) -> None:
                                       "rounds": [asdict(r) for r in rounds]},
                           "run": json.loads(status_json(snap)) if snap else None}))
         return
-    table = Table("round", "step", "samples from", "records", "pairs", "seconds (run/export/train)")
+    timed = ("run", "export", "train", "select") if plan.get("select_cmd") else ("run", "export", "train")
+    table = Table("round", "step", "samples from", "records", "pairs", f"seconds ({'/'.join(timed)})")
     for r in rounds:
-        secs = "/".join(f"{r.seconds[k]:.0f}" if k in r.seconds else "-" for k in ("run", "export", "train"))
+        secs = "/".join(f"{r.seconds[k]:.0f}" if k in r.seconds else "-" for k in timed)
         table.add_row(str(r.round), r.step, Text(r.instruct), str(r.records if r.records is not None else "-"),
                       str(r.pairs if r.pairs is not None else "-"), secs)
     console.print(Text.assemble((str(work_dir), "bold"), f"  iteration: {plan.get('rounds')} rounds, "
                                 f"{plan.get('pipeline')}"))
     console.print(table)
+    last = rounds[-1] if rounds else None
+    if last is not None and last.step == "done" and plan.get("select_cmd"):
+        console.print(Text(f"round {last.round} kept {last.model}"))
     if snap is not None:
         console.print(Text(f"round {now.round}:", style="bold"))
         print_status(console, now.work_dir, snap)

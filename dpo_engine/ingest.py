@@ -18,9 +18,13 @@ class IngestReport:
     invalid_added: int
 
 
-def ingest(store: Store, source: DatasetSource, progress=None) -> IngestReport:
+def ingest(store: Store, source: DatasetSource, progress=None, *, rows_share_idx: bool = False) -> IngestReport:
     """Stream the dataset into ``store``. Rows ingested before are compared by content hash;
-    a changed or missing row raises ``DatasetChanged``. Only new rows are decoded."""
+    a changed or missing row raises ``DatasetChanged``. Only new rows are decoded.
+
+    An idx names one record, so a second row with it is invalid; with ``rows_share_idx`` (a
+    DPO dataset, one row per pair, whose rows repeat their question's idx) each row is a record
+    named by its idx and row number, and its idx is written out as given."""
     known = store.record_count()
     stored = store.iter_row_hashes()
     try:
@@ -38,6 +42,8 @@ def ingest(store: Store, source: DatasetSource, progress=None) -> IngestReport:
                         f"row {rec.row} ({rec.source}) differs from the row ingested into this work dir before",
                         "pass --restart to start over, or use a new --work-dir")
                 continue
+            if rows_share_idx and rec.idx is not None:
+                rec.idx = f"{rec.idx} (row {rec.row})"
             chunk.append(rec)
             if len(chunk) >= CHUNK:
                 invalid += store.insert_records(chunk)

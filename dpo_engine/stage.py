@@ -112,6 +112,7 @@ class Batch:
     questions: dict[int, list[QuestionRow]] = field(default_factory=dict)
     judgments: dict[int, list[JudgmentRow]] = field(default_factory=dict)
     scores: dict[int, list[ScoreRow]] = field(default_factory=dict)
+    extras: dict[int, dict] = field(default_factory=dict)  # the record's carried input columns
 
     def subset(self, rids: list[int]) -> Batch:
         """The same inputs restricted to some of the records (to find the one at fault)."""
@@ -122,7 +123,8 @@ class Batch:
 
         return Batch(list(rids), only(self.records), only(self.samples),
                      {role: only(rows) for role, rows in self.logprobs.items()}, only(self.rewards),
-                     only(self.facts), only(self.questions), only(self.judgments), only(self.scores))
+                     only(self.facts), only(self.questions), only(self.judgments), only(self.scores),
+                     only(self.extras))
 
 
 @dataclass

@@ -11,7 +11,7 @@ def main() -> None:
     code = run_fast(sys.argv[1:])
     if code is not None:
         sys.exit(code)
-    from . import training  # noqa: F401 - registers `train` and `iterate` on the app
+    from . import logps, training  # noqa: F401 - register `logps`, `train` and `iterate` on the app
     from .app import app
 
     app(prog_name="dpo-engine")

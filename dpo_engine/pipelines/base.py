@@ -21,6 +21,7 @@ class Pipeline:
     prepare: Callable[[RunConfig], tuple[RunConfig, list[str]]] | None = None
     export_columns: tuple[Any, ...] = ()  # column sets added to every export format
     missing_hint: str = ""  # said when a role's model is missing
+    rows_share_idx: bool = False  # one row per pair: rows may repeat an idx (see ingest)
 
     def model_paths(self, config: RunConfig) -> dict[str, str]:
         """The configured checkpoint of each of this pipeline's roles that has one."""

@@ -7,6 +7,7 @@ import json
 import math
 from collections.abc import Iterable, Iterator
 
+from ..dataset import decode_extra
 from ..stage import (Batch, FactRow, JudgmentRow, LogprobRow, QuestionRow, RecordIn, RewardRow, SampleRow,
                     ScoreRow)
 from .rows import (AnswerDetail, InvalidRecord, RecordCounts, RecordDetail, RunInfo, StageCounts,
@@ -119,6 +120,10 @@ class StoreReads(StoreBase):
             ):
                 if row[0] in wanted:
                     batch.records[row[0]] = RecordIn._make(row)
+        if "extras" in reads:
+            for rid, extra in c.execute("SELECT rid, extra FROM record WHERE rid BETWEEN ? AND ?", (lo, hi)):
+                if rid in wanted:
+                    batch.extras[rid] = decode_extra(extra)
         for name in reads & _ANSWER_READS.keys():
             table, row_type, columns = _ANSWER_READS[name]
             target = getattr(batch, name)

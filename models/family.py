@@ -90,6 +90,11 @@ def detect_family(path: str | Path, *, trust_remote_code: bool = False) -> Famil
     if not model_type:
         raise ModelConfigError(f"{cfg_path}: has no model_type; is this a transformers checkpoint?")
     archs = tuple(cfg.get("architectures") or ())
+    if model_type == "omnilmm":  # served by our own code (models.omnilmm)
+        from .omnilmm import register
+
+        register()
+        return Family(model_type, archs, "image-text-to-text")
     if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return Family(model_type, archs, "image-text-to-text")
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:

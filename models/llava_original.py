@@ -48,6 +48,8 @@ _LLAMA_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_l
 
 def is_original_llava(config: dict) -> bool:
     """A config of the original LLaVA code base (what AutoModelForImageTextToText cannot load)."""
+    if config.get("model_type") == "omnilmm":  # OmniLMM also names its tower mm_vision_tower
+        return False
     return "mm_vision_tower" in config or "mm_projector_type" in config
 
 

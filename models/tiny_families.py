@@ -360,3 +360,38 @@ def build_tiny_chat_family(family: str, out_dir: str | Path, *, seed: int = 0) -
     tok.save_pretrained(out)
     (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "family": family, "role": "chat"}))
     return out
+
+
+# ----------------------------------------------------------------------------- OmniLMM
+OMNILMM_TOWER = {"img_size": 56, "embed_dim": 32, "depth": 3, "num_heads": 2}  # hidden 64: a kv_proj
+
+
+def build_tiny_omnilmm(out_dir: str | Path, *, seed: int = 0, shards: int = 2) -> Path:
+    """A random-weight OmniLMM checkpoint in the published layout: ``model_type: omnilmm``, the
+    reference's weight names, its 9 added tokens in their order, safetensors shards with an
+    index, and the tower's sizes as ``mm_vision_tower_kwargs`` (the real ones carry none)."""
+    import torch
+
+    from .omnilmm import ADDED_TOKENS, PATCH, TOWER, OmniLMMConfig, OmniLMMForCausalLM
+    from .runtime import quiet_transformers
+    from .tiny import build_tokenizer
+
+    quiet_transformers()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(ADDED_TOKENS, {}, words=("<|", "|>"))
+    config = OmniLMMConfig(**TEXT, vocab_size=len(tok), sliding_window=None, num_query=4, image_size=56,
+                           mm_vision_tower_kwargs=OMNILMM_TOWER, bos_token_id=tok.bos_token_id,
+                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                           architectures=["OmniLMMForCausalLM"])
+    config.mm_vision_tower = TOWER
+    torch.manual_seed(seed)
+    model = OmniLMMForCausalLM(config)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.generation_config.pad_token_id = tok.pad_token_id
+    total = sum(p.numel() * p.element_size() for p in model.parameters())
+    model.save_pretrained(out, max_shard_size=max(1, total // shards + 1))
+    tok.save_pretrained(out)
+    assert tok.convert_tokens_to_ids(PATCH) != tok.unk_token_id
+    (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "family": "omnilmm"}))
+    return out

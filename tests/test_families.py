@@ -30,8 +30,13 @@ from dpo_engine.models.tiny_families import (
     CHAT_FAMILIES,
     VLM_FAMILIES,
     build_tiny_chat_family,
+    build_tiny_omnilmm,
     build_tiny_vlm,
 )
+
+# The image-text families: transformers' own, and OmniLMM (our code, models.omnilmm).
+IMAGE_FAMILIES = [*VLM_FAMILIES, "omnilmm"]
+END_OF_TURN = {**{name: spec.end_of_turn for name, spec in VLM_FAMILIES.items()}, "omnilmm": "</s>"}
 
 USES = ("sample", "score", "check")
 
@@ -49,14 +54,17 @@ def family_dir(tmp_path_factory):
 
     def get(name: str, seed: int = 0):
         if (name, seed) not in built:
-            make = build_tiny_vlm if name in VLM_FAMILIES else build_tiny_chat_family
-            built[name, seed] = make(name, root / f"{name}-{seed}", seed=seed)
+            if name == "omnilmm":
+                built[name, seed] = build_tiny_omnilmm(root / f"{name}-{seed}", seed=seed)
+            else:
+                make = build_tiny_vlm if name in VLM_FAMILIES else build_tiny_chat_family
+                built[name, seed] = make(name, root / f"{name}-{seed}", seed=seed)
         return built[name, seed]
 
     return get
 
 
-@pytest.mark.parametrize("family", list(VLM_FAMILIES))
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_fast_paths_equal_plain_paths_and_batches_change_nothing(family, family_dir):
     model = ImageTextModel(family_dir(family), device="cpu", dtype="float32")
     assert model.family.model_type == family
@@ -85,10 +93,10 @@ def test_fast_paths_equal_plain_paths_and_batches_change_nothing(family, family_
     assert set(model.paths) == set(USES)
 
 
-@pytest.mark.parametrize("family", list(VLM_FAMILIES))
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_replies_stop_at_the_templates_end_of_turn_and_scores_end_with_it(family, family_dir):
     model = ImageTextModel(family_dir(family), device="cpu", dtype="float32")
-    end = model.tokenizer.convert_tokens_to_ids(VLM_FAMILIES[family].end_of_turn)
+    end = model.tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
     assert model.end_id == end and end in model.stop_ids
     assert model.answer_ids("a red circle")[-1] == end
     word = model.tokenizer.convert_tokens_to_ids("red")
@@ -154,12 +162,68 @@ def test_a_llama3_checkpoint_serves_the_split_and_question_roles_with_its_own_te
         assert report.failed == 0, (report.name, report.errors)
 
 
+def test_omnilmm_loads_in_its_published_layout_sees_the_image_and_refuses_pickled_weights(family_dir, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from dpo_engine.models.omnilmm import ADDED_TOKENS
+
+    folder = family_dir("omnilmm")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["model_type"] == "omnilmm" and "auto_map" not in config
+    assert config["architectures"] == ["OmniLMMForCausalLM"] and "image_token_id" not in config
+    names = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
+    assert len(set(names.values())) > 1  # shards + index
+    for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight",
+                 "lm_head.weight", "model.vision_tower.patch_embed.proj.weight", "model.vision_tower.cls_token",
+                 "model.vision_tower.pos_embed", "model.vision_tower.norm.weight", "model.resampler.query",
+                 "model.resampler.pos_embed", "model.resampler.kv_proj.weight", "model.resampler.attn.in_proj_weight",
+                 "model.resampler.ln_q.weight", "model.resampler.ln_kv.weight", "model.resampler.ln_post.weight",
+                 "model.resampler.proj"):
+        assert name in names, name
+    depth = config["mm_vision_tower_kwargs"]["depth"]  # the last block is skipped: no weights
+    assert not any(n.startswith(f"model.vision_tower.blocks.{depth - 1}.") for n in names)
+    model = ImageTextModel(folder, device="cpu", dtype="float32")
+    ids = [model.tokenizer.convert_tokens_to_ids(t) for t in ADDED_TOKENS]
+    assert ids == list(range(ids[0], ids[0] + len(ADDED_TOKENS)))  # added in the reference's order
+    prompt = model.prompt("what is here?")
+    assert prompt.startswith("<|system|>\nYou are an artificial intelligence assistant") and \
+        prompt.endswith("<im_end>\nwhat is here?</s>\n<|assistant|>\n")
+    assert prompt.count("<im_patch>") == config["num_query"]
+    one, other = images()[:2]
+    answers = ["a red circle .", "two blue squares"]
+    here = model.score(one, "what is here?", answers)
+    swapped = model.score(other, "what is here?", answers)
+    assert all(not np.allclose(a, b) for a, b in zip(here, swapped))  # the image reaches the text model
+    # One pytorch_model.bin, read by torch's weights-only loader: the same numbers.
+    single = shutil.copytree(folder, tmp_path / "bin")
+    weights = {}
+    for shard in set(names.values()):
+        weights.update(load_file(single / shard))
+        (single / shard).unlink()
+    (single / "model.safetensors.index.json").unlink()
+    torch.save(weights, single / "pytorch_model.bin")
+    from_bin = ImageTextModel(single, device="cpu", dtype="float32").score(one, "what is here?", answers)
+    for a, b in zip(here, from_bin):
+        np.testing.assert_array_equal(a, b)
+    torch.save({**weights, "extra": _Payload()}, single / "pytorch_model.bin")
+    with pytest.raises(ValueError, match="pickled objects besides tensors; refused"):
+        ImageTextModel(single, device="cpu", dtype="float32")
+
+
+class _Payload:
+    """Unpickling it would call print: torch's weights-only loader must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
 @pytest.fixture(scope="module")
 def three_records(tmp_path_factory):
     return write_parquet(tmp_path_factory.mktemp("family-data") / "d.parquet", shapes_rows(3, seed=7))
 
 
-@pytest.mark.parametrize("family", list(VLM_FAMILIES))
+@pytest.mark.parametrize("family", IMAGE_FAMILIES)
 def test_both_pipelines_run_end_to_end_in_batches(family, family_dir, three_records, tmp_path):
     common = dict(dataset=str(three_records), sample_k=3, max_new_tokens=8, batch_size=3, device="cpu",
                   dtype="float32")

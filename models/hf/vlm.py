@@ -16,6 +16,7 @@ fast and reproducible:
 
 from __future__ import annotations
 
+import pickle
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -39,7 +40,7 @@ class ImageTextModel:
 
     def __init__(self, path: str | Path, *, device: str = "auto", dtype: str = "auto",
                  trust_remote_code: bool = False):
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         quiet_transformers()
         self.path = Path(path)
@@ -52,13 +53,22 @@ class ImageTextModel:
             )
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        self.processor = AutoProcessor.from_pretrained(path, trust_remote_code=remote)
+        self.processor = load_processor(path, self.family)
         self.tokenizer = self.processor.tokenizer
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
-        self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, trust_remote_code=remote)
+        try:
+            self.model = AutoModelForImageTextToText.from_pretrained(path, dtype=self.dtype, trust_remote_code=remote)
+        except pickle.UnpicklingError as exc:  # torch's weights-only loader met more than tensors
+            raise ValueError(f"{path}: its .bin weights hold pickled objects besides tensors; refused, since loading "
+                             "them would run code from the file (use a safetensors copy from a source you trust)"
+                             ) from exc
         self.model.to(self.device).eval()
+        if self.family.model_type == "omnilmm" and getattr(self.model.config, "image_token_id", None) is None:
+            from ..omnilmm import PATCH  # the real checkpoints' configs do not name their image token
+
+            self.model.config.image_token_id = self.tokenizer.convert_tokens_to_ids(PATCH)
         self.eos_id = int(self.tokenizer.eos_token_id)
         self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
         self.end_id = end_of_turn_id(self.processor, self.tokenizer, self.stop_ids)
@@ -367,6 +377,17 @@ class ImageTextModel:
     def close(self) -> None:
         del self.model
         empty_cache(self.device)
+
+
+def load_processor(path: str | Path, family: Family):
+    """The checkpoint's processor; OmniLMM's real checkpoints ship none (``models.omnilmm``)."""
+    from transformers import AutoProcessor
+
+    if family.model_type == "omnilmm":
+        from ..omnilmm import OmniLMMProcessor
+
+        return OmniLMMProcessor.from_pretrained(path)
+    return AutoProcessor.from_pretrained(path, trust_remote_code=family.remote_code)
 
 
 def _repeated_cache(layers: list[tuple[torch.Tensor, torch.Tensor]], n: int):

@@ -111,10 +111,27 @@ def test_both_samplers_draw_the_same_tokens_from_one_seeded_stream_under_top_k_a
         assert (kept <= (top_k or vocab)).all() and (top_p == 1.0 or (kept < vocab).all())
 
 
+def _sampled_under_lock(db, at_least: int, proc, deadline: float):
+    """Once ``at_least`` records are sampled, a write transaction on the store (the run's next
+    commit waits for it) and the count it sees: a kill now lands mid-sample whatever the speed."""
+    import sqlite3
+
+    while True:
+        assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the kill"
+        if done_count(db, "sample") >= 1:  # the store and its tables exist: safe to open for writing
+            con = sqlite3.connect(db, timeout=10, isolation_level=None)
+            con.execute("BEGIN IMMEDIATE")
+            count = con.execute("SELECT COUNT(*) FROM stage_state WHERE stage = 'sample' AND status = 'done'"
+                                ).fetchone()[0]
+            if count >= at_least:
+                return con, count
+            con.execute("ROLLBACK")
+            con.close()
+        time.sleep(0.01)
+
+
 def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tmp_path):
-    # Enough records that the kill lands mid-sample on a fast machine too (with 8, one CI run
-    # finished all of them between two looks at the store).
-    RECORDS = 24
+    RECORDS = 8
     data = write_parquet(tmp_path / "d.parquet", shapes_rows(RECORDS))
     extra = ("--backend", "vllm", "--batch-size", "1", "--max-new-tokens", "32", "--device", "cpu")
     cli(*run_args(tiny_models, data, tmp_path / "A", *extra), process=True)  # an engine of its own
@@ -124,17 +141,16 @@ def test_a_vllm_run_killed_in_sample_resumes_to_the_same_dataset(tiny_models, tm
                             env={**os.environ, "HF_HUB_OFFLINE": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 300
-        while done_count(db, "sample") < 2:
-            assert proc.poll() is None and time.time() < deadline, "the run ended or stalled before the kill"
-            time.sleep(0.01)
+        lock, seen = _sampled_under_lock(db, 2, proc, time.time() + 300)
         os.killpg(proc.pid, signal.SIGKILL)  # the run and its engine process, mid-sample
         proc.wait()
+        lock.execute("ROLLBACK")
+        lock.close()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     killed_at = done_count(db, "sample")
-    assert 2 <= killed_at < RECORDS
+    assert killed_at == seen and 2 <= killed_at < RECORDS
     out = json.loads(cli(*args, "--json", process=True).stdout.splitlines()[-1])
     stages = {s["name"]: s for s in out["stages"]}
     assert stages["sample"]["reused"] == killed_at and stages["sample"]["computed"] == RECORDS - killed_at

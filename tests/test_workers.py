@@ -93,3 +93,36 @@ def test_divide_and_conquer_on_two_workers_with_one_killed_mid_check_writes_the_
     for table, key in (("fact", "rid, inner_idx, ord"), ("judgment", "rid, inner_idx, ord"), ("score", "rid, inner_idx")):
         assert con.execute(f"SELECT COUNT(*) FROM (SELECT {key} FROM {table} GROUP BY {key}"
                            " HAVING COUNT(*) > 1)").fetchone()[0] == 0
+
+
+def test_a_worker_killed_while_writing_its_answer_is_replaced_and_the_run_does_not_hang():
+    """The worker is killed halfway through sending a 4 MB answer that the driver is not reading
+    yet. Through one queue shared by all workers this hung the driver for good (the cut message
+    was never completed, and the queue's write lock died held); each worker's own pipe ends in an
+    end of file instead, and the batch goes to a fresh worker."""
+    import threading
+
+    from bulky_stage import ANSWER_CHARS, BulkyAnswer
+
+    from dpo_engine.config import RunConfig
+    from dpo_engine.executors.workers import WorkerPoolExecutor
+    from dpo_engine.stage import Batch
+
+    config = RunConfig(pipeline="dpo_reward", dataset="-", work_dir="-")
+    pool = WorkerPoolExecutor(config, (), ["cpu", "cpu"], threads=1)
+    try:
+        results = pool.map(BulkyAnswer(), iter([Batch([rid]) for rid in range(6)]), config)
+        got = [next(results)]
+        time.sleep(3)  # the other worker's answer now sits half-written in its pipe
+        writing = [view.pid for view in pool.workers if view.state == "working"]
+        assert len(writing) == 1
+        os.kill(writing[0], signal.SIGKILL)
+        rest = threading.Thread(target=lambda: got.extend(results), daemon=True)
+        rest.start()
+        rest.join(timeout=120)
+        assert not rest.is_alive(), "the driver hung on the killed worker's answer"
+    finally:
+        pool.close()
+    rids = sorted(rid for result in got for rid in result.batch.rids)
+    assert rids == list(range(6))
+    assert all(len(s.text) == ANSWER_CHARS for result in got for s in result.outputs.samples)

@@ -8,6 +8,10 @@ result depends only on its own inputs and seeds, so the output is the same as on
 
 A worker that dies (kill -9, out of memory, a lost GPU) has committed nothing: its batch goes
 to a fresh worker started in its place, and no record is computed twice into the store.
+
+Each worker answers through a pipe of its own, which only it writes: a worker killed in the
+middle of an answer leaves a cut message and an end of file behind, never a lock held for the
+others (a queue shared by all workers hung a run that way: its write lock died held).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import os
 import queue
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import replace
+from multiprocessing.connection import wait
 from typing import Any
 
 from ..config import RunConfig
@@ -28,7 +33,8 @@ POLL_SECONDS = 0.5  # how often the driver looks for dead workers while it waits
 
 
 def _worker(config: RunConfig, roles: Sequence[Role], threads: int, tasks, results, driver: int) -> None:
-    """A worker's life: take (task id, stage, batch), answer (task id, outputs, timings)."""
+    """A worker's life: take (task id, stage, batch), answer (task id, outputs, timings) on
+    ``results``, the write end of its own pipe."""
     import torch
 
     from ..lifetime import die_with_parent
@@ -48,9 +54,10 @@ def _worker(config: RunConfig, roles: Sequence[Role], threads: int, tasks, resul
             break
         task_id, stage, batch = task
         try:
-            results.put((task_id, *held.process(stage, batch, config), None))
+            answer = (task_id, *held.process(stage, batch, config), None)
         except Exception as exc:  # noqa: BLE001 - e.g. a model that cannot be opened: the driver raises it
-            results.put((task_id, None, 0.0, 0.0, 0.0, exc))
+            answer = (task_id, None, 0.0, 0.0, 0.0, exc)
+        results.send(answer)
     held.close()
 
 
@@ -65,20 +72,21 @@ class WorkerPoolExecutor:
             max(1, (os.cpu_count() or 1) // len(self.devices))
         self.load_seconds = 0.0
         self._ctx = mp.get_context("spawn")  # CUDA and forked processes do not mix
-        self._results = self._ctx.Queue()
-        self._workers: list[tuple[Any, Any] | None] = [None] * len(self.devices)
+        self._workers: list[tuple[Any, Any, Any] | None] = [None] * len(self.devices)  # (process, tasks, answers)
         self.workers = [WorkerView(f"w{wid}", device) for wid, device in enumerate(self.devices)]
         for wid in range(len(self.devices)):  # started now: their imports overlap the driver's work
             self._start(wid)
 
     def _start(self, wid: int) -> None:
         tasks = self._ctx.Queue()
+        answers, results = self._ctx.Pipe(duplex=False)
         config = replace(self.config, device=self.devices[wid])
-        proc = self._ctx.Process(target=_worker, args=(config, self.roles, self.threads, tasks, self._results,
+        proc = self._ctx.Process(target=_worker, args=(config, self.roles, self.threads, tasks, results,
                                                           os.getpid()),
                                  name=f"dpo-engine-worker-{wid}", daemon=True)
         proc.start()
-        self._workers[wid] = (proc, tasks)
+        results.close()  # the worker holds the only write end: its death reads as an end of file here
+        self._workers[wid] = (proc, tasks, answers)
         view = self.workers[wid]
         view.pid, view.state, view.stage = proc.pid, "starting", None
 
@@ -108,12 +116,17 @@ class WorkerPoolExecutor:
                 next_id += 1
             if not inflight:
                 return
-            try:
-                task_id, outputs, seconds, in_model, load, error = self._results.get(timeout=POLL_SECONDS)
-            except queue.Empty:
+            ready = wait([self._workers[w][2] for w in inflight], timeout=POLL_SECONDS)
+            if not ready:
                 self._replace_dead(inflight, idle, retry, given_up, deaths)
                 continue
-            wid = next(w for w, (t, _) in inflight.items() if t == task_id)
+            wid = next(w for w in inflight if self._workers[w][2] is ready[0])
+            try:
+                task_id, outputs, seconds, in_model, load, error = ready[0].recv()
+            except (EOFError, OSError):  # it died before or while answering
+                self._workers[wid][0].join(timeout=5)
+                self._replace_dead(inflight, idle, retry, given_up, deaths)
+                continue
             _, batch = inflight.pop(wid)
             idle.append(wid)
             if error is not None:
@@ -129,6 +142,7 @@ class WorkerPoolExecutor:
         for wid, worker in enumerate(self._workers):
             if worker is not None and not worker[0].is_alive():
                 code = worker[0].exitcode
+                worker[2].close()
                 self._start(wid)
                 if wid not in inflight:
                     continue
@@ -148,6 +162,7 @@ class WorkerPoolExecutor:
                 worker[0].join(timeout=30)
                 if worker[0].is_alive():
                     worker[0].kill()
+                worker[2].close()
         self._workers = [None] * len(self.devices)
         for view in self.workers:
             view.state, view.stage = "stopped", None

@@ -59,7 +59,8 @@ class IterateSettings:
     # fewer, less varied pairs of a model already trained (1.0: the same rate every round).
     lr_decay: float = 1.0
     # Keep each round's best epoch: a shell command with {model} (and {python}, this Python)
-    # whose last line of output is the model's score, lower is better.
+    # whose last line of output is the model's score, lower is better; or with {models}, run
+    # once for all of them, printing one score per model.
     select_cmd: str | None = None
 
     def train_for(self, r: int) -> TrainSettings:
@@ -82,9 +83,10 @@ class IterateSettings:
         if self.train_cmd is not None and self.lr_decay != 1.0:
             raise ConfigError("--lr-decay applies to the built-in trainer, not to --train-cmd",
                               "set each round's rate in your own trainer, or leave --lr-decay at 1")
-        if self.select_cmd is not None and "{model}" not in self.select_cmd:
-            raise ConfigError("--select-cmd lacks {model}",
-                              "it is run once per epoch's model with {model} filled in and must print a score")
+        if self.select_cmd is not None and "{model}" not in self.select_cmd and "{models}" not in self.select_cmd:
+            raise ConfigError("--select-cmd lacks {model} (or {models})",
+                              "it is run per epoch's model with {model} filled in and prints a score, or once "
+                              "with {models} and prints one score per model")
         if self.select_cmd is not None and self.train_cmd is not None:
             raise ConfigError("--select-cmd chooses among the built-in trainer's epochs; --train-cmd keeps none",
                               "leave one of them out")
@@ -321,33 +323,39 @@ def _work_round(rounds: Rounds, state: RoundState, config: RunConfig, settings: 
 
 def pick_best(candidates: list[Path], command: str, scores_file: Path,
               log: Callable[[str], None] = lambda line: None) -> Path:
-    """The candidate model whose score ``command`` (``{model}``, ``{python}``; the last line of
-    its output is a number, lower is better) finds lowest; on a tie the earlier one. Each score
-    is kept in ``scores_file`` as soon as it is taken, so a rerun scores only the rest."""
+    """The candidate model whose score ``command`` finds lowest; on a tie the earlier one.
+
+    ``command`` is run once per model with ``{model}`` filled in, or once for all the models not
+    yet scored with ``{models}`` (one score per model, in order, on its last lines: an eval that
+    loads once); ``{python}`` is this Python. Scores are kept in ``scores_file`` as they come,
+    so a rerun scores only the rest."""
     import sys
 
     if not candidates:
         raise DpoEngineError(f"no epoch models to choose from in {scores_file.parent}",
                              "training saves one per epoch when selection is on: train again")
     scores = json.loads(scores_file.read_text()) if scores_file.is_file() else {}
-    for model in candidates:
-        if str(model) in scores:
-            continue
-        line = command.format(model=shlex.quote(str(model)), python=shlex.quote(sys.executable))
+    left = [m for m in candidates if str(m) not in scores]
+    groups = [left] if "{models}" in command and left else [[m] for m in left]
+    for group in groups:
+        quoted = " ".join(shlex.quote(str(m)) for m in group)
+        line = command.format(model=quoted, models=quoted, python=shlex.quote(sys.executable))
         done = subprocess.run(line, shell=True, capture_output=True, text=True)
-        last = (done.stdout.strip().splitlines() or [""])[-1]
+        lines = done.stdout.strip().splitlines()[-len(group):]
         try:
-            score = float(last)
+            values = [float(text) for text in lines]
         except ValueError:
-            score = None
-        if done.returncode != 0 or score is None:
-            raise DpoEngineError(f"--select-cmd gave no score for {model} (exit code {done.returncode}, "
-                                 f"last line {last!r})", f"its error output ended: {done.stderr.strip()[-300:]}")
-        scores[str(model)] = score
+            values = []
+        if done.returncode != 0 or len(values) != len(group):
+            raise DpoEngineError(f"--select-cmd gave no score for {group[0] if len(group) == 1 else f'{len(group)} models'}"
+                                 f" (exit code {done.returncode}, last lines {lines!r})",
+                                 f"its error output ended: {done.stderr.strip()[-300:]}")
+        for model, score in zip(group, values):
+            scores[str(model)] = score
+            log(f"{model.name}: score {score:g}")
         staged = scores_file.with_suffix(".tmp")
         staged.write_text(json.dumps(scores, indent=2) + "\n")
         staged.replace(scores_file)
-        log(f"{model.name}: score {score:g}")
     best = min(candidates, key=lambda m: scores[str(m)])
     log(f"kept {best.name} (score {scores[str(best)]:g})")
     return best

@@ -79,7 +79,8 @@ def iterate(
         None, "--select-cmd", help="Keep each round's best epoch, as the paper keeps its best checkpoint: training "
         "also saves the model at each epoch's end, and this shell command is run once per saved model with {model} "
         "(and {python}, this Python) filled in; the last line it prints is the score, lower is better (for example a "
-        "hallucination rate on your validation set). The best becomes the next round's instruct model."),
+        "hallucination rate on your validation set); with {models} instead it runs once for all of them and prints "
+        "one score per model, in order. The best becomes the next round's instruct model."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code", help="Run model code shipped with "
                                            "the checkpoints."),
     restart: bool = typer.Option(False, "--restart", help="Discard this folder's iteration and start over."),

@@ -96,7 +96,7 @@ class IterateSettings:
                 raise ConfigError(f"--train-cmd lacks {', '.join(missing)}",
                                   "it is run with {dataset} (the TRL parquet), {model} (the model to train) "
                                   "and {out} (where the trained model must go) filled in")
-        self.train.check()
+        self.train_for(1).check()  # as round 1 will train (epochs kept when selecting)
 
 
 def round_dir(work: Path, r: int) -> Path:

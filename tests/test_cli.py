@@ -6,13 +6,15 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import cli, run_args, shapes_rows, write_parquet
+import dpo_engine.cli.logps  # noqa: F401 - registers `logps`, as the entry point does
+import dpo_engine.cli.training  # noqa: F401 - registers `train` and `iterate`
 from dpo_engine.cli.app import app
 
 COMMANDS = sorted(c.name or c.callback.__name__ for c in app.registered_commands)
 
 
 def test_every_registered_command_is_checked():
-    assert {"run", "status", "export", "validate", "demo", "dashboard"} <= set(COMMANDS)
+    assert {"run", "status", "export", "validate", "demo", "dashboard", "train", "iterate", "logps"} <= set(COMMANDS)
 
 
 @pytest.mark.parametrize("command", COMMANDS)

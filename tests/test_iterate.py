@@ -121,10 +121,19 @@ def test_select_cmd_keeps_each_rounds_best_epoch_and_a_rerun_scores_only_the_res
     assert kept == {1: str(epochs / "step-1"), 2: str(work / "round-2" / "model" / "epochs" / "step-1")}
     run_info = sqlite3.connect(work / "round-2" / "engine.db").execute("SELECT settings FROM run").fetchone()[0]
     assert json.loads(run_info)["models"]["instruct"] == str(epochs / "step-1")
-    with pytest.raises(Exception, match="lacks {model}"):
-        from dpo_engine.iterate import IterateSettings
+    assert f"round 2 kept {work / 'round-2' / 'model' / 'epochs' / 'step-1'}" in \
+        cli("status", work, env={"COLUMNS": "400"}).stdout
+    from dpo_engine.errors import ConfigError
+    from dpo_engine.iterate import IterateSettings
+    from dpo_engine.training import TrainSettings
 
-        IterateSettings(rounds=1, select_cmd="score it").check()
+    for bad, words in ((IterateSettings(rounds=1, select_cmd="score it"), "lacks {model}"),
+                       (IterateSettings(rounds=1, select_cmd="s {model}", train_cmd="t {dataset} {model} {out}"),
+                        "keeps none"),
+                       (IterateSettings(rounds=1, select_cmd="s {model}", train=TrainSettings(lora_rank=4)),
+                        "not supported with --lora-rank")):
+        with pytest.raises(ConfigError, match=words):  # before round 1 runs
+            bad.check()
 
 
 def _steps_of(work: Path) -> dict[int, str]:

@@ -32,6 +32,11 @@
 * ingest_rss_rowgroup_ratio: peak memory reading a 2,000 x 100 KB dataset written as one row
   group over the same in row groups of 64 (benchmarks/ingest_memory.py, which explains the
   ``_big_pages`` variant and prints each peak).
+* store_bytes_per_record_excl_samples: engine.db's bytes per record besides the answers and
+  what is computed from them, after a full run on that 2,000 x 100 KB dataset (images stay in
+  the dataset: the store keeps where each lies and its hash); store_run_seconds: that run's
+  wall time (benchmarks/store_size.py, whose ``--copy-images`` gives the figures of a store
+  that copies the images).
 """
 
 from __future__ import annotations
@@ -460,6 +465,13 @@ def ingest_figures() -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+def store_figures() -> dict:
+    """benchmarks/store_size.py's figures (a full run in a process of its own)."""
+    proc = subprocess.run([sys.executable, str(Path(__file__).with_name("store_size.py"))], capture_output=True,
+                          text=True, check=True)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--populate":
         return populate(sys.argv[2], int(sys.argv[3]))
@@ -473,9 +485,13 @@ def main() -> None:
     parser.add_argument("--only-workers", action="store_true",
                         help="only the worker-processes, Ray and lease figures")
     parser.add_argument("--only-ingest", action="store_true", help="only the dataset-reading memory figures")
+    parser.add_argument("--only-store", action="store_true", help="only the store-size figures")
     args = parser.parse_args()
     if args.only_ingest:
         print(json.dumps({"quick": args.quick, **ingest_figures()}))
+        return
+    if args.only_store:
+        print(json.dumps({"quick": args.quick, **store_figures()}))
         return
     figures: dict = {"quick": args.quick}
     with tempfile.TemporaryDirectory(prefix="dpo-bench-") as tmp_name:
@@ -514,6 +530,7 @@ def main() -> None:
         if not args.skip_pairing:
             figures.update(pairing_figures(tmp))
         figures.update(ingest_figures())
+        figures.update(store_figures())
     print(json.dumps(figures))
 
 

@@ -28,6 +28,7 @@ class RunConfig:
     dataset: str
     work_dir: str
     image_root: str | None = None  # when set, rows' image_paths must lie inside this folder
+    copy_images: bool = False  # store the images' bytes, not only where they lie in the dataset
     max_image_pixels: int = MAX_IMAGE_PIXELS
     max_question_chars: int = MAX_QUESTION_CHARS
     # The checkpoint folder of each model role the pipeline names ("instruct", "reward",

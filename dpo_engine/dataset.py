@@ -54,6 +54,9 @@ class RawRecord:
     error: str | None = None
     source: str = ""
     row_hash: str = ""
+    image_file: str | None = None  # where the image lies (see dpo_engine.images), when there is one
+    image_pos: int | None = None
+    image_hash: str | None = None
 
 
 @dataclass(frozen=True)
@@ -116,9 +119,12 @@ def _check_readable(f: Path, kind: str) -> None:
         raise DatasetUnreadable(f"{f}: cannot be read as {kind} ({exc})") from exc
 
 
-def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception]]:
-    """Yield ``(source, row_dict)`` for every row, or ``(source, error)`` for an unparseable one."""
+def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception, tuple[str, int]]]:
+    """Yield ``(source, row_dict, at)`` for every row, or ``(source, error, at)`` for an
+    unparseable one; ``at`` is (the file's absolute path, the row's number in a parquet file
+    or its line's byte offset in a JSONL one), where the row can be read again."""
     for f in source.files:
+        absolute = str(f.resolve())
         if source.kind == "parquet":
             import pyarrow.parquet as pq
 
@@ -133,13 +139,16 @@ def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception]]:
                 n = 0
                 for batch in pf.iter_batches(batch_size=parquet_batch_rows(pf), use_threads=False):
                     for row in batch.to_pylist():
-                        yield f"{f.name}:{n}", row
+                        yield f"{f.name}:{n}", row, (absolute, n)
                         n += 1
             except Exception as exc:
                 raise DatasetUnreadable(f"{f}: read failed part-way ({exc})") from exc
         else:
-            with f.open("r", encoding="utf-8", errors="replace") as fh:
-                for n, line in enumerate(fh):
+            with f.open("rb") as fh:
+                offset = 0
+                for n, raw in enumerate(fh):
+                    at, offset = offset, offset + len(raw)
+                    line = raw.decode("utf-8", errors="replace")
                     if not line.strip():
                         continue
                     try:
@@ -147,9 +156,9 @@ def iter_rows(source: DatasetSource) -> Iterator[tuple[str, dict | Exception]]:
                         if not isinstance(row, dict):
                             raise ValueError("line is not a JSON object")
                     except ValueError as exc:
-                        yield f"{f.name}:{n + 1}", exc
+                        yield f"{f.name}:{n + 1}", exc, (absolute, at)
                         continue
-                    yield f"{f.name}:{n + 1}", row
+                    yield f"{f.name}:{n + 1}", row, (absolute, at)
 
 
 def iter_records(source: DatasetSource, *, check_from: int = 0) -> Iterator[RawRecord]:
@@ -160,17 +169,17 @@ def iter_records(source: DatasetSource, *, check_from: int = 0) -> Iterator[RawR
     ``check_from`` on: earlier rows were checked when first ingested and are only hashed now.
     """
     base_dir = source.path if source.path.is_dir() else source.path.parent
-    for row_no, (where, row) in enumerate(iter_rows(source)):
+    for row_no, (where, row, at) in enumerate(iter_rows(source)):
         if isinstance(row, Exception):
             rec = RawRecord(row_no, None, None, None, None, None, error=f"unparseable row: {row}",
                             source=where)
             rec.row_hash = _hash_parts(["bad", str(row)])
             yield rec
             continue
-        yield _to_record(row_no, where, row, base_dir, row_no >= check_from, source)
+        yield _to_record(row_no, where, row, at, base_dir, row_no >= check_from, source)
 
 
-def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images: bool,
+def _to_record(row_no: int, where: str, row: dict, at: tuple[str, int], base_dir: Path, check_images: bool,
                source: DatasetSource) -> RawRecord:
     image_root = source.image_root
     extra = {k: v for k, v in row.items() if k not in CORE_FIELDS}
@@ -192,10 +201,12 @@ def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images:
         errors.append(f"question is {len(q):,} characters, over --max-question-chars {source.max_question_chars:,}")
     else:
         rec.question = q
-    image_bytes, image_path, image_error = _image_of(row)
+    image_bytes, image_path, image_error = image_of(row)
     rec.image_path = image_path
     hash_parts = [repr(raw_idx), repr(q), image_bytes or b"", image_path or "",
                   json.dumps(extra, sort_keys=True, default=_json_default)]
+    if image_bytes is not None:
+        rec.image_file, rec.image_pos = at
     if image_error:
         errors.append(image_error)
     elif image_bytes is None and image_path:
@@ -209,6 +220,7 @@ def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images:
             hash_parts.append(f"{stat.st_size}")
             try:
                 image_bytes = resolved.read_bytes()
+                rec.image_file = str(resolved.resolve())
             except OSError as exc:
                 errors.append(f"image_path {image_path!r} cannot be read ({exc.strerror})")
     elif image_bytes is None:
@@ -218,13 +230,15 @@ def _to_record(row_no: int, where: str, row: dict, base_dir: Path, check_images:
         if problem:
             errors.append(problem)
     rec.image = image_bytes
+    if image_bytes is not None:
+        rec.image_hash = image_digest(image_bytes)
     rec.row_hash = _hash_parts(hash_parts)
     if errors:
         rec.error = "; ".join(errors)
     return rec
 
 
-def _image_of(row: dict) -> tuple[bytes | None, str | None, str | None]:
+def image_of(row: dict) -> tuple[bytes | None, str | None, str | None]:
     """(bytes, path, error) from the row's ``image`` / ``image_path`` fields."""
     img = row.get("image")
     path = row.get("image_path")
@@ -284,6 +298,11 @@ def decode_image(data: bytes):
 
     with Image.open(io.BytesIO(data)) as im:
         return im.convert("RGB")
+
+
+def image_digest(data: bytes) -> str:
+    """The hash a record keeps of its image's bytes (dpo_engine.images checks it on reading)."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _hash_parts(parts: list) -> str:

@@ -81,10 +81,11 @@ def _resolve_device(config: RunConfig) -> RunConfig:
     return replace(config, device=device, devices=devices, dtype=dtype)
 
 
-def _ingest(store: Store, source, dataset: str, observer: Observer, rows_share_idx: bool = False) -> None:
+def _ingest(store: Store, source, config: RunConfig, observer: Observer, rows_share_idx: bool = False) -> None:
     from .ingest import ingest
 
-    report = ingest(store, source, rows_share_idx=rows_share_idx)
+    dataset = config.dataset
+    report = ingest(store, source, rows_share_idx=rows_share_idx, copy_images=config.copy_images)
     counts = store.record_counts()
     observer.note(f"dataset: {counts.total} records ({counts.valid} valid, {counts.invalid} invalid)"
                   + (f", {report.added} new" if report.added and report.added != counts.total else ""))
@@ -135,7 +136,7 @@ def run_pipeline(config: RunConfig, observer: Observer | None = None, *, restart
     monitor = None
     try:
         if not join:
-            _ingest(store, source, config.dataset, observer, pipeline.rows_share_idx)
+            _ingest(store, source, config, observer, pipeline.rows_share_idx)
         config = _resolve_device(config)
         config = replace(config, model_fingerprints={role: model_fingerprint(p) for role, p in paths.items()})
         if pipeline.prepare:

@@ -175,7 +175,7 @@ def write_slices(dataset: str, work: Path, rounds: int, seed: int, image_root: s
 
     with contextlib.ExitStack() as stack:
         files = [stack.enter_context(p.open("w", encoding="utf-8")) for p in staged]
-        for row_no, (_, row) in enumerate(iter_rows(source)):
+        for row_no, (_, row, _) in enumerate(iter_rows(source)):
             if isinstance(row, Exception):  # kept as it is, so the round's run reports it
                 files[which[row_no]].write("{unparseable row}\n")
                 continue

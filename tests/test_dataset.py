@@ -165,4 +165,4 @@ def test_big_rows_are_read_a_few_at_a_time_whatever_the_row_groups(tmp_path):
     small = write_parquet(tmp_path / "small" / "s.parquet", shapes_rows(100))
     assert parquet_batch_rows(pq.ParquetFile(small)) == PARQUET_BATCH_ROWS
     source = open_dataset(tmp_path / "big.parquet")
-    assert [row["idx"] for _, row in iter_rows(source)] == [r["idx"] for r in big]
+    assert [row["idx"] for _, row, _ in iter_rows(source)] == [r["idx"] for r in big]

@@ -104,6 +104,9 @@ def run(
     work_dir: Path = typer.Option(..., "--work-dir", "--work_dir",
                                   help="Where engine.db, logs and dataset/dpo_dataset.parquet go."),
     image_root: Optional[Path] = typer.Option(None, "--image-root", help=IMAGE_ROOT_HELP),
+    copy_images: bool = typer.Option(False, "--copy-images", help=(
+        "Keep a copy of every image in engine.db. By default the store notes where each image lies in the dataset "
+        "(and its hash) and reads it from there, so the dataset must stay in place until the run is exported.")),
     max_image_pixels: int = typer.Option(MAX_IMAGE_PIXELS, "--max-image-pixels", min=1, help=MAX_PIXELS_HELP),
     max_question_chars: int = typer.Option(MAX_QUESTION_CHARS, "--max-question-chars", min=1,
                                            help=MAX_CHARS_HELP),
@@ -225,8 +228,8 @@ def run(
               **reward_side(pipeline, reward_model, labeler_model, split_model, question_model)}
     config = RunConfig(
         pipeline=pipeline, dataset=str(dataset), work_dir=str(work_dir),
-        image_root=str(image_root) if image_root else None, max_image_pixels=max_image_pixels,
-        max_question_chars=max_question_chars,
+        image_root=str(image_root) if image_root else None, copy_images=copy_images,
+        max_image_pixels=max_image_pixels, max_question_chars=max_question_chars,
         models={role: path for role, path in models.items() if path},
         split_prompt=str(split_prompt) if split_prompt else None,
         question_prompt=str(question_prompt) if question_prompt else None,

@@ -8,6 +8,8 @@ import math
 from collections.abc import Iterable, Iterator
 
 from ..dataset import decode_extra
+from ..errors import DatasetChanged
+from ..images import ImageReader, ImageRef
 from ..stage import (Batch, FactRow, JudgmentRow, LogprobRow, QuestionRow, RecordIn, RewardRow, SampleRow,
                     ScoreRow)
 from .rows import (AnswerDetail, InvalidRecord, RecordCounts, RecordDetail, RunInfo, StageCounts,
@@ -40,8 +42,24 @@ class StoreReads(StoreBase):
     def record_count(self) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM record").fetchone()[0]
 
-    def iter_row_hashes(self) -> Iterator[tuple[int, str]]:
-        yield from self.conn.execute("SELECT rid, row_hash FROM record ORDER BY rid")
+    def iter_row_hashes(self) -> Iterator[tuple[int, str, str | None, int | None]]:
+        """(rid, row_hash, image_file, image_pos) of every record, in order."""
+        yield from self.conn.execute("SELECT rid, row_hash, image_file, image_pos FROM record ORDER BY rid")
+
+    # The columns that give a record's image (see _image).
+    _IMAGE_COLUMNS = "rec.image, rec.image_file, rec.image_pos, rec.image_hash, rec.idx, rec.source"
+
+    def _image(self, blob, file, pos, digest, idx, source) -> bytes | None:
+        """A record's image: its bytes where the store holds them, else read back from the
+        dataset and checked against the hash taken at ingest."""
+        if blob is not None or file is None:
+            return blob
+        return self._image_reader().read(ImageRef(file, pos, digest, f"record {idx} ({source})"))
+
+    def _image_reader(self) -> ImageReader:
+        if self._images is None:
+            self._images = ImageReader()
+        return self._images
 
     def invalid_records(self, limit: int | None = None) -> list[InvalidRecord]:
         sql = "SELECT rid, idx, error, source FROM record WHERE valid = 0 ORDER BY rid"
@@ -116,10 +134,11 @@ class StoreReads(StoreBase):
         c = self.conn
         if "records" in reads:
             for row in c.execute(
-                "SELECT rid, idx, question, image FROM record WHERE rid BETWEEN ? AND ?", (lo, hi)
-            ):
+                f"SELECT rid, idx, question, {self._IMAGE_COLUMNS} FROM record rec WHERE rid BETWEEN ? AND ?",
+                (lo, hi)
+            ).fetchall():
                 if row[0] in wanted:
-                    batch.records[row[0]] = RecordIn._make(row)
+                    batch.records[row[0]] = RecordIn(*row[:3], self._image(*row[3:]))
         if "extras" in reads:
             for rid, extra in c.execute("SELECT rid, extra FROM record WHERE rid BETWEEN ? AND ?", (lo, hi)):
                 if rid in wanted:
@@ -160,11 +179,18 @@ class StoreReads(StoreBase):
             " ORDER BY p.rid, p.ord", upstream)
 
     # ------------------------------------------------------------------ reading results
-    def iter_kept_pairs(self, logps: bool = True) -> Iterator[dict]:
+    def iter_kept_pairs(self, logps: bool = True, images: bool = True) -> Iterator[dict]:
         """The output rows in order: record fields, chosen/rejected text and the instruct
-        model's log-probs of both (for the RLAIF-V ``logps`` column; None without ``logps``)."""
+        model's log-probs of both (for the RLAIF-V ``logps`` column; None without ``logps``).
+        Without ``images``, ``image`` is None (nothing is read from the dataset)."""
+        if images:  # the order is shuffled: read what parquet files hold in their order first
+            self._image_reader().spool(ImageRef(file, pos, digest, f"record {idx} ({source})") for
+                                       file, pos, digest, idx, source in self.conn.execute(
+                "SELECT DISTINCT rec.image_file, rec.image_pos, rec.image_hash, rec.idx, rec.source"
+                " FROM kept_pair k JOIN record rec ON rec.rid = k.rid"
+                " WHERE rec.image IS NULL AND rec.image_file IS NOT NULL").fetchall())
         sql = (
-            "SELECT k.rid, rec.idx_value, rec.question, rec.image, rec.image_path, rec.extra,"
+            f"SELECT k.rid, rec.idx_value, rec.question, {self._IMAGE_COLUMNS}, rec.image_path, rec.extra,"
             " c.text, r.text, c.n_words, r.n_words,"
             " lc.sum, lc.avg, lc.per_token, lr.sum, lr.avg, lr.per_token, p.chosen, p.rejected"
             " FROM kept_pair k JOIN pair p ON p.rid = k.rid AND p.ord = k.ord"
@@ -180,7 +206,8 @@ class StoreReads(StoreBase):
                 "rejected_logp", "rejected_avg_logp", "rejected_per_token", "chosen_idx", "rejected_idx")
         blank = dict.fromkeys(keys[10:16]) if not logps else {}
         for row in self.conn.execute(sql):
-            yield {**dict(zip(keys, row)), **blank}
+            image = self._image(*row[3:9]) if images else None
+            yield {**dict(zip(keys, (*row[:3], image, *row[9:]))), **blank}
 
     def claims_of(self, rid: int, inner_idx: int) -> list[tuple]:
         """(fact, check question, p_yes, p_no) of each claim of one answer, in order; the
@@ -252,10 +279,15 @@ class StoreReads(StoreBase):
 
     # ------------------------------------------------------------------ one record, in full
     def record_detail(self, rid: int) -> RecordDetail | None:
-        row = self.conn.execute("SELECT rid, idx, question, image, valid, error FROM record WHERE rid = ?",
-                                (rid,)).fetchone()
+        row = self.conn.execute(f"SELECT rid, idx, question, {self._IMAGE_COLUMNS}, valid, error FROM record rec"
+                                " WHERE rid = ?", (rid,)).fetchone()
         if row is None:
             return None
+        try:
+            image = self._image(*row[3:9])
+        except DatasetChanged:
+            image = None  # the browser shows the record without it
+        row = (*row[:3], image, *row[9:])
         rewards = self._rewards_by_answer(rid)
         scores = {j: s for j, (s, _) in self._scores_by_answer(rid).items()}
         claims = self._claims_by_answer(rid)

@@ -134,6 +134,14 @@ MIGRATIONS: list[str] = [
         holder TEXT, PRIMARY KEY (stage, rid)
     ) WITHOUT ROWID;
     """,
+    # 6: images stay in the dataset. A record says where its image lies and the hash of its
+    # bytes (dpo_engine.images); ``image`` holds the bytes only with --copy-images, or in
+    # stores written before this version.
+    """
+    ALTER TABLE record ADD COLUMN image_file TEXT;
+    ALTER TABLE record ADD COLUMN image_pos INTEGER;
+    ALTER TABLE record ADD COLUMN image_hash TEXT;
+    """,
 ]
 
 # Which table each kind of output lands in, and the (column, value) that scopes it to its
@@ -184,13 +192,14 @@ class StoreBase:
 
     path: Path
     conn: sqlite3.Connection
+    _images = None  # the ImageReader, made when a read first needs an image
 
     def __init__(self, path: str | Path, *, create: bool = True, readonly: bool = False, check: bool = False):
         """Open (``create``: or make) the store at ``path``. ``readonly``: for the commands that
         only read (status, export, the dashboard), which then work on a read-only mount too.
         ``check``: when the store was not closed cleanly (its write-ahead log is still there:
         a crash, or a run that is live), run SQLite's ``quick_check`` first and refuse a damaged
-        file. Not on every open: it reads every page, and a store holds its records' images."""
+        file. Not on every open: it reads every page."""
         self.path = Path(path)
         unclean = Path(f"{self.path}-wal").exists()
         self.readonly = readonly
@@ -254,6 +263,9 @@ class StoreBase:
 
     def close(self) -> None:
         self.conn.close()
+        if self._images is not None:
+            self._images.close()
+            self._images = None
 
     def _migrate(self) -> None:
         version = self.conn.execute("PRAGMA user_version").fetchone()[0]

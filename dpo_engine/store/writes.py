@@ -45,8 +45,9 @@ class StoreWrites(StoreBase):
                           (json.dumps(known + added),))
 
     # ------------------------------------------------------------------ records
-    def insert_records(self, records: list) -> int:
-        """Insert ``RawRecord``s; a valid row whose idx is already taken becomes invalid.
+    def insert_records(self, records: list, *, copy_images: bool = False) -> int:
+        """Insert ``RawRecord``s; a valid row whose idx is already taken becomes invalid. A
+        record keeps where its image lies and its hash; ``copy_images`` stores the bytes too.
 
         Returns how many of them are invalid."""
         taken: dict[str, int] = {}
@@ -69,16 +70,25 @@ class StoreWrites(StoreBase):
                     taken[r.idx] = r.row
             if error is not None:
                 invalid += 1
+            ok = error is None
             rows.append((r.row, r.idx, json.dumps(r.idx_value, default=str), r.question,
-                         r.image if error is None else None, r.image_path, encode_extra(r.extra),
-                         int(error is None), error, r.source, r.row_hash))
+                         r.image if ok and copy_images else None, r.image_path, encode_extra(r.extra),
+                         int(ok), error, r.source, r.row_hash, r.image_file if ok else None,
+                         r.image_pos if ok else None, r.image_hash if ok else None))
         with self.transaction() as c:
             c.executemany(
                 "INSERT INTO record (rid, idx, idx_value, question, image, image_path, extra, valid,"
-                " error, source, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " error, source, row_hash, image_file, image_pos, image_hash)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
         return invalid
+
+    def relocate_images(self, moves: list[tuple[str, int | None, int]]) -> None:
+        """New (image_file, image_pos) of records (by rid) whose dataset was moved: ingest found
+        their rows unchanged at another place."""
+        with self.transaction() as c:
+            c.executemany("UPDATE record SET image_file = ?, image_pos = ? WHERE rid = ?", moves)
 
     # ------------------------------------------------------------------ commits
     def commit(self, stage: str, settings_hash: str, rids: list[int], outputs: Outputs, *,

@@ -65,7 +65,7 @@ def run_demo(work_dir: str | Path, *, pipeline: str = "dpo_reward", records: int
     store = Store.in_work_dir(work, create=False)
     try:
         report = quality_report(store).to_dict()
-        examples = list(itertools.islice(store.iter_kept_pairs(), 3))
+        examples = list(itertools.islice(store.iter_kept_pairs(images=False), 3))
     finally:
         store.close()
     (work / "quality.json").write_text(json.dumps({pipeline: report}, indent=2) + "\n")

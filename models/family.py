@@ -91,10 +91,21 @@ def detect_family(path: str | Path, *, trust_remote_code: bool = False) -> Famil
         raise ModelConfigError(f"{cfg_path}: has no model_type; is this a transformers checkpoint?")
     archs = tuple(cfg.get("architectures") or ())
     if model_type == "omnilmm":  # served by our own code (models.omnilmm)
-        from .omnilmm import register
+        from .omnilmm import OmniLMMConfig, OmniLMMForCausalLM
 
-        register()
+        _register(OmniLMMConfig, OmniLMMForCausalLM)
         return Family(model_type, archs, "image-text-to-text")
+    if model_type == "minicpmv":  # 2.5 is served by our own code (models.minicpmv); others by their own
+        from .minicpmv import NATIVE_VERSIONS, MiniCPMVConfig, MiniCPMVForCausalLM, version_of
+
+        version = version_of(cfg)
+        if version in NATIVE_VERSIONS:
+            _register(MiniCPMVConfig, MiniCPMVForCausalLM)
+            return Family(model_type, archs, "image-text-to-text")
+        if not trust_remote_code:
+            raise ModelConfigError(
+                f"{path}: MiniCPM-V {version} is not served natively (MiniCPM-Llama3-V-2.5 is); pass "
+                "--trust-remote-code to run the checkpoint's own code, if you trust it")
     if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
         return Family(model_type, archs, "image-text-to-text")
     if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
@@ -106,6 +117,18 @@ def detect_family(path: str | Path, *, trust_remote_code: bool = False) -> Famil
         "family known to this transformers version; convert the checkpoint to the HF-native "
         "format or upgrade transformers"
     )
+
+
+def _register(config_class, model_class) -> None:
+    """Let transformers' auto classes load a family served by our own code (idempotent)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
+
+    try:
+        AutoConfig.register(config_class.model_type, config_class)
+    except ValueError:  # registered already
+        return
+    AutoModelForImageTextToText.register(config_class, model_class)
+    AutoModelForCausalLM.register(config_class, model_class)
 
 
 def _remote_family(path: Path, model_type: str, archs: tuple[str, ...], auto_map: dict, trusted: bool) -> Family:

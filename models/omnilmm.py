@@ -1,7 +1,7 @@
 """OmniLMM-12B and RLAIF-V-12B: a Mistral text model reading an EVA02 image tower through a
 perceiver resampler, in the published checkpoints' own layout (``model_type: omnilmm``, no
 ``auto_map``: neither transformers nor vLLM can load them). Written here from the
-architecture's description; ``register()`` makes transformers' auto classes serve it, so the
+architecture's description; ``models.family`` registers it with transformers' auto classes, so the
 image-text adapter (``models.hf.vlm``) samples, scores and checks with it like any other
 family, fast paths included (the image tokens sit in the cached prefix).
 
@@ -29,6 +29,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import MistralConfig, MistralForCausalLM
 
+from .resampler import Resampler, sincos_grid
+
 MODEL_TYPE = "omnilmm"
 PATCH, START, END = "<im_patch>", "<im_start>", "<im_end>"
 # In the order the reference's tokenizer setup adds them (ids 32000-32008 in the real models).
@@ -49,15 +51,8 @@ CHAT_TEMPLATE = (
 
 
 def sincos_positions(dim: int, grid: int) -> np.ndarray:
-    """(grid*grid, dim) 2-D sin-cos position embeddings: the first half of each vector encodes
-    the row, the second half the column, each as sines then cosines of geometric frequencies."""
-    def one_axis(half: int, coords: np.ndarray) -> np.ndarray:
-        freqs = 1.0 / 10000 ** (np.arange(half // 2, dtype=np.float64) / (half / 2))
-        angles = coords.reshape(-1)[:, None] * freqs[None, :]
-        return np.concatenate([np.sin(angles), np.cos(angles)], axis=1)
-
-    rows, cols = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64), indexing="ij")
-    return np.concatenate([one_axis(dim // 2, rows), one_axis(dim // 2, cols)], axis=1).astype(np.float32)
+    """(grid*grid, dim) 2-D sin-cos position embeddings, the row in the first half of each vector."""
+    return sincos_grid(dim, grid, grid)
 
 
 def resize_positions(table: torch.Tensor, length: int) -> torch.Tensor:
@@ -70,26 +65,21 @@ def resize_positions(table: torch.Tensor, length: int) -> torch.Tensor:
     return grid.permute(0, 2, 3, 1).reshape(dst * dst, -1).to(table.dtype)
 
 
-class Resampler(nn.Module):
+class OmniLMMResampler(Resampler):
+    """Queries and keys both carry positions: the queries' square grid, resized for the keys."""
+
     def __init__(self, num_query: int, dim: int, heads: int, kv_dim: int):
-        super().__init__()
         grid = int(round(num_query ** 0.5))
         if grid * grid != num_query:
             raise ValueError(f"num_query {num_query} is not a square grid")
+        super().__init__(num_query, dim, heads, kv_dim)
         self.pos_embed = nn.Parameter(torch.from_numpy(sincos_positions(dim, grid)), requires_grad=False)
-        self.query = nn.Parameter(torch.randn(num_query, dim) * 0.02)
-        self.kv_proj = nn.Linear(kv_dim, dim, bias=False) if kv_dim != dim else nn.Identity()
-        self.attn = nn.MultiheadAttention(dim, heads)
-        self.ln_q, self.ln_kv, self.ln_post = (nn.LayerNorm(dim, eps=1e-6) for _ in range(3))
-        self.proj = nn.Parameter(torch.randn(dim, dim) * dim ** -0.5)
 
     def forward(self, patches: torch.Tensor) -> torch.Tensor:
         """(batch, patches, kv_dim) -> (batch, num_query, dim)."""
         keys_pos = resize_positions(self.pos_embed, patches.shape[1])
-        kv = self.ln_kv(self.kv_proj(patches)).transpose(0, 1)  # (patches, batch, dim)
-        queries = (self.ln_q(self.query) + self.pos_embed)[:, None].expand(-1, kv.shape[1], -1)
-        out = self.attn(queries, kv + keys_pos[:, None], kv, need_weights=False)[0].transpose(0, 1)
-        return self.ln_post(out) @ self.proj
+        queries = (self.ln_q(self.query) + self.pos_embed)[:, None].expand(-1, patches.shape[0], -1)
+        return self.attend(queries, patches, keys_pos[:, None])
 
 
 class _Skip(nn.Module):
@@ -129,7 +119,7 @@ class OmniLMMForCausalLM(MistralForCausalLM):
         super().__init__(config)
         tower = build_tower(config)
         self.model.vision_tower = tower
-        self.model.resampler = Resampler(config.num_query, config.hidden_size, max(1, config.hidden_size // 128),
+        self.model.resampler = OmniLMMResampler(config.num_query, config.hidden_size, max(1, config.hidden_size // 128),
                                          tower.embed_dim)
 
     @classmethod
@@ -175,6 +165,7 @@ class OmniLMMProcessor:
         self.num_query = num_query
         self.image_tokens = START + PATCH * num_query + END
         self.chat_template = CHAT_TEMPLATE
+        self.config_ids = {"image_token_id": tokenizer.convert_tokens_to_ids(PATCH)}  # the configs name none
 
     @classmethod
     def from_pretrained(cls, path: str | Path, **kwargs) -> OmniLMMProcessor:
@@ -211,15 +202,3 @@ class OmniLMMProcessor:
 
     def save_pretrained(self, path: str | Path) -> None:
         self.tokenizer.save_pretrained(path)
-
-
-def register() -> None:
-    """Let transformers' auto classes load ``model_type: omnilmm`` (idempotent)."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForImageTextToText
-
-    try:
-        AutoConfig.register(MODEL_TYPE, OmniLMMConfig)
-    except ValueError:  # registered already
-        return
-    AutoModelForImageTextToText.register(OmniLMMConfig, OmniLMMForCausalLM)
-    AutoModelForCausalLM.register(OmniLMMConfig, OmniLMMForCausalLM)

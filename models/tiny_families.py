@@ -395,3 +395,56 @@ def build_tiny_omnilmm(out_dir: str | Path, *, seed: int = 0, shards: int = 2) -
     assert tok.convert_tokens_to_ids(PATCH) != tok.unk_token_id
     (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "family": "omnilmm"}))
     return out
+
+
+# ----------------------------------------------------------------------------- MiniCPM-V 2.5
+MINICPMV_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                   "patch_size": 14, "image_size": 980, "model_type": "idefics2"}
+MINICPMV_AUTO_MAP = {"AutoConfig": "configuration_minicpm.MiniCPMVConfig", "AutoModel": "modeling_minicpmv.MiniCPMV",
+                     "AutoModelForCausalLM": "modeling_minicpmv.MiniCPMV"}
+
+
+def build_tiny_minicpmv(out_dir: str | Path, *, seed: int = 0, scale_resolution: int = 56) -> Path:
+    """A random-weight MiniCPM-Llama3-V-2.5 checkpoint in the published layout: its config keys
+    (``auto_map`` to code that is not there, as the real folder's would be without its .py files),
+    weights named ``llm.*``, ``vpm.*`` and ``resampler.*`` in safetensors shards with an index, a
+    Llama 3 byte-level BPE with the image tokens. Small slices (``scale_resolution``) and 4
+    queries keep prompts short; the slicing is the real one."""
+    import torch
+    from safetensors.torch import save_file
+
+    from .minicpmv import IMAGE_END, IMAGE_START, SLICE_END, SLICE_START, MiniCPMVConfig, MiniCPMVForCausalLM
+    from .runtime import quiet_transformers
+
+    quiet_transformers()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    specials = (*LLAMA3_SPECIALS, IMAGE_START, IMAGE_END, SLICE_START, SLICE_END)
+    tok = build_byte_bpe_tokenizer(specials, bos="<|begin_of_text|>", eos="<|end_of_text|>", pad=None, unk="<unk>",
+                                   add_bos=True)
+    tok.chat_template = LLAMA3_TEMPLATE
+    slicing = {"max_slice_nums": 9, "patch_size": 14, "model_type": "minicpmv", "scale_resolution": scale_resolution}
+    config = MiniCPMVConfig(**TEXT, vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                            rope_theta=500000.0, query_num=4, slice_config=slicing, vision_config=MINICPMV_VISION)
+    torch.manual_seed(seed)
+    model = MiniCPMVForCausalLM(config).eval()
+    names = {"model.": "llm.model.", "lm_head.": "llm.lm_head."}
+    state = {}
+    for name, tensor in model.state_dict().items():
+        prefix = next((p for p in names if name.startswith(p)), None)
+        state[names[prefix] + name[len(prefix):] if prefix else name] = tensor.contiguous()
+    shards = [dict(sorted(state.items())[i::2]) for i in range(2)]
+    files = [f"model-{i + 1:05d}-of-00002.safetensors" for i in range(2)]
+    for shard, name in zip(shards, files):
+        save_file(shard, out / name, metadata={"format": "pt"})
+    weight_map = {key: name for shard, name in zip(shards, files) for key in shard}
+    (out / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}, indent=1))
+    cfg = config.to_dict()
+    cfg.update(model_type="minicpmv", architectures=["MiniCPMV"], auto_map=MINICPMV_AUTO_MAP,
+               vision_config=MINICPMV_VISION, batch_vision_input=True, mm_use_im_start_end=True)
+    (out / "config.json").write_text(json.dumps(cfg, indent=1, default=str))
+    (out / "generation_config.json").write_text(json.dumps({"bos_token_id": tok.bos_token_id,
+                                                            "eos_token_id": tok.eos_token_id}))
+    tok.save_pretrained(out)
+    (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "family": "minicpmv"}))
+    return out

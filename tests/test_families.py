@@ -30,13 +30,16 @@ from dpo_engine.models.tiny_families import (
     CHAT_FAMILIES,
     VLM_FAMILIES,
     build_tiny_chat_family,
+    build_tiny_minicpmv,
     build_tiny_omnilmm,
     build_tiny_vlm,
 )
 
-# The image-text families: transformers' own, and OmniLMM (our code, models.omnilmm).
-IMAGE_FAMILIES = [*VLM_FAMILIES, "omnilmm"]
-END_OF_TURN = {**{name: spec.end_of_turn for name, spec in VLM_FAMILIES.items()}, "omnilmm": "</s>"}
+# The image-text families: transformers' own, and OmniLMM and MiniCPM-Llama3-V-2.5 (our code,
+# models.omnilmm and models.minicpmv).
+IMAGE_FAMILIES = [*VLM_FAMILIES, "omnilmm", "minicpmv"]
+END_OF_TURN = {**{name: spec.end_of_turn for name, spec in VLM_FAMILIES.items()}, "omnilmm": "</s>",
+               "minicpmv": "<|eot_id|>"}
 
 USES = ("sample", "score", "check")
 
@@ -54,8 +57,9 @@ def family_dir(tmp_path_factory):
 
     def get(name: str, seed: int = 0):
         if (name, seed) not in built:
-            if name == "omnilmm":
-                built[name, seed] = build_tiny_omnilmm(root / f"{name}-{seed}", seed=seed)
+            if name in ("omnilmm", "minicpmv"):
+                make_own = build_tiny_omnilmm if name == "omnilmm" else build_tiny_minicpmv
+                built[name, seed] = make_own(root / f"{name}-{seed}", seed=seed)
             else:
                 make = build_tiny_vlm if name in VLM_FAMILIES else build_tiny_chat_family
                 built[name, seed] = make(name, root / f"{name}-{seed}", seed=seed)
@@ -99,11 +103,13 @@ def test_replies_stop_at_the_templates_end_of_turn_and_scores_end_with_it(family
     end = model.tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
     assert model.end_id == end and end in model.stop_ids
     assert model.answer_ids("a red circle")[-1] == end
-    word = model.tokenizer.convert_tokens_to_ids("red")
+    # A word-level tiny vocabulary has "red" itself; the byte-level BPE (Llama 3's) has " yes".
+    said = "red" if family != "minicpmv" else "yes"
+    word = model.tokenizer.convert_tokens_to_ids(said if family != "minicpmv" else "\u0120yes")
     import torch
 
     (gens,) = model._decode(torch.tensor([[word, word, end, word, word]]), 1, 1)
-    assert gens[0].n_tokens == 3 and gens[0].text == "red red"
+    assert gens[0].n_tokens == 3 and gens[0].text == f"{said} {said}"
 
 
 def test_a_sliding_window_model_samples_on_the_plain_path_beyond_its_window(family_dir, tmp_path):

@@ -75,7 +75,7 @@ def write_control_pairs(round_dir: Path, samples_dir: Path, out: Path, seed: int
 
     store = Store.in_work_dir(round_dir, create=False, readonly=True)
     try:
-        rids = [row["rid"] for row in store.iter_kept_pairs()]  # the order the export wrote
+        rids = [row["rid"] for row in store.iter_kept_pairs(images=False)]  # the order the export wrote
     finally:
         store.close()
     pairs = round_dir / "pairs.trl.parquet"

@@ -33,7 +33,7 @@ class QualityReport:
 def quality_report(store: Store) -> QualityReport:
     correct = ties = chosen_bad = rejected_bad = n = 0
     records: dict[int, tuple[str, Scene]] = {}
-    for row in store.iter_kept_pairs():
+    for row in store.iter_kept_pairs(images=False):
         truth = decode_extra(row["extra"]).get("truth")
         if truth is None:
             continue

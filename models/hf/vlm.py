@@ -65,12 +65,14 @@ class ImageTextModel:
                              "them would run code from the file (use a safetensors copy from a source you trust)"
                              ) from exc
         self.model.to(self.device).eval()
-        if self.family.model_type == "omnilmm" and getattr(self.model.config, "image_token_id", None) is None:
-            from ..omnilmm import PATCH  # the real checkpoints' configs do not name their image token
-
-            self.model.config.image_token_id = self.tokenizer.convert_tokens_to_ids(PATCH)
+        # Our own processors (models.omnilmm, models.minicpmv) name token ids the real checkpoints'
+        # configs do not carry (where the image goes), and stop tokens their configs leave out.
+        for key, value in getattr(self.processor, "config_ids", {}).items():
+            if getattr(self.model.config, key, None) is None:
+                setattr(self.model.config, key, value)
         self.eos_id = int(self.tokenizer.eos_token_id)
-        self.stop_ids = stop_token_ids(self.model.generation_config, self.tokenizer)
+        self.stop_ids = sorted({*stop_token_ids(self.model.generation_config, self.tokenizer),
+                                *getattr(self.processor, "stop_ids", ())})
         self.end_id = end_of_turn_id(self.processor, self.tokenizer, self.stop_ids)
         self.model_seconds = 0.0  # wall time spent inside model calls (for overhead figures)
         self.taken: dict[str, str] = {}  # the path each kind of work took last: "fast" or "plain"
@@ -380,13 +382,18 @@ class ImageTextModel:
 
 
 def load_processor(path: str | Path, family: Family):
-    """The checkpoint's processor; OmniLMM's real checkpoints ship none (``models.omnilmm``)."""
+    """The checkpoint's processor; OmniLMM's real checkpoints ship none and MiniCPM-V's needs its
+    own code, so those two families get ours (``models.omnilmm``, ``models.minicpmv``)."""
     from transformers import AutoProcessor
 
     if family.model_type == "omnilmm":
         from ..omnilmm import OmniLMMProcessor
 
         return OmniLMMProcessor.from_pretrained(path)
+    if family.model_type == "minicpmv" and not family.remote_code:
+        from ..minicpmv import MiniCPMVProcessor
+
+        return MiniCPMVProcessor.from_pretrained(path)
     return AutoProcessor.from_pretrained(path, trust_remote_code=family.remote_code)
 
 

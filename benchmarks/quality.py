@@ -64,13 +64,15 @@ def targets(entry: dict) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--records", type=int, default=60, help="ShapesWorld records per pipeline (60: the README's demo)")
+    parser.add_argument("--records", type=int, help="ShapesWorld records per pipeline (default 60, the README's demo; "
+                        "with --iterate: per round, default the demo's)")
     parser.add_argument("--work", type=Path, help="keep models and runs here (default: a temp dir)")
     parser.add_argument("--paths", default="native", help="comma-separated kernel paths: default, avx2, "
                         "avx512, native (the machine's own)")
     parser.add_argument("--pipelines", default=",".join(PIPELINES))
     parser.add_argument("--backend", default="hf", help="hf or vllm (vllm: in the vllm extra's environment)")
     parser.add_argument("--iterate", type=int, default=0, help="rounds of demo --iterate to measure instead")
+    parser.add_argument("--held-out", type=int, help="--iterate: held-out (and validation) images, default the demo's")
     args = parser.parse_args()
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory(prefix="dpo-quality-") as tmp:
@@ -82,7 +84,9 @@ def main() -> None:
                 if trained.is_dir() and not (work / "models" / "instruct").exists():
                     shutil.copytree(trained, work / "models" / "instruct")  # one instruct model per path
                 if args.iterate:
-                    entry = demo(work, pipeline, path, "--iterate", str(args.iterate))[pipeline]
+                    sizes = [*(["--records", str(args.records)] if args.records else []),
+                             *(["--held-out", str(args.held_out)] if args.held_out else [])]
+                    entry = demo(work, pipeline, path, "--iterate", str(args.iterate), *sizes)[pipeline]
                     entry["targets"] = targets(entry)
                     results.setdefault(path, {})[pipeline] = entry
                     print(f"{path:8} {pipeline}: held-out hallucination per round "
@@ -90,7 +94,7 @@ def main() -> None:
                           f"{[r['hallucination_rate'] for r in entry['control']]}, {entry['targets']}",
                           file=sys.stderr, flush=True)
                     continue
-                q = run_demo(work, pipeline, args.records, path, args.backend)
+                q = run_demo(work, pipeline, args.records or 60, path, args.backend)
                 results.setdefault(path, {})[pipeline] = q
                 print(f"{path:8} {pipeline}: pair accuracy {q['pair_accuracy']:.3f} (random "
                       f"{q['random_baseline']:.3f}), ties {q['tie_share']:.3f}, chosen hallucinating "

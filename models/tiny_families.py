@@ -366,6 +366,35 @@ def build_tiny_chat_family(family: str, out_dir: str | Path, *, seed: int = 0) -
 OMNILMM_TOWER = {"img_size": 56, "embed_dim": 32, "depth": 3, "num_heads": 2}  # hidden 64: a kv_proj
 
 
+def build_sentencepiece_tokenizer(out: Path, added: tuple[str, ...]):
+    """A Mistral-style tokenizer as the OmniLMM checkpoints ship it: a SentencePiece BPE model
+    (``tokenizer.model``, byte fallback, trained here on the tiny vocabulary) and
+    ``tokenizer_config.json`` naming ``LlamaTokenizer``, with ``added`` appended after the model's
+    pieces, in order; no ``tokenizer.json``. Returned as transformers loads it from ``out``."""
+    import io
+
+    import sentencepiece as spm
+    from transformers import AutoTokenizer
+
+    from .tiny import PUNCTUATION, TEMPLATE_WORDS, WORDS, _template_words
+
+    lines = [" ".join(WORDS), " ".join(TEMPLATE_WORDS + PUNCTUATION), " ".join(_template_words())]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(sentence_iterator=iter(lines * 20), model_writer=model, vocab_size=1000,
+                                   hard_vocab_limit=False, model_type="bpe", byte_fallback=True,
+                                   character_coverage=1.0, unk_id=0, bos_id=1, eos_id=2, pad_id=-1,
+                                   split_digits=True, normalization_rule_name="identity", minloglevel=2)
+    (out / "tokenizer.model").write_bytes(model.getvalue())
+    size = spm.SentencePieceProcessor(model_proto=model.getvalue()).get_piece_size()
+    decoder = {str(size + i): {"content": token, "special": True, "lstrip": False, "rstrip": False,
+                               "normalized": False, "single_word": False} for i, token in enumerate(added)}
+    (out / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "pad_token": None,
+        "added_tokens_decoder": decoder}, indent=1))
+    return AutoTokenizer.from_pretrained(out)
+
+
 def build_tiny_omnilmm(out_dir: str | Path, *, seed: int = 0, shards: int = 2) -> Path:
     """A random-weight OmniLMM checkpoint in the published layout: ``model_type: omnilmm``, the
     reference's weight names, its 9 added tokens in their order, safetensors shards with an
@@ -374,12 +403,11 @@ def build_tiny_omnilmm(out_dir: str | Path, *, seed: int = 0, shards: int = 2) -
 
     from .omnilmm import ADDED_TOKENS, PATCH, TOWER, OmniLMMConfig, OmniLMMForCausalLM
     from .runtime import quiet_transformers
-    from .tiny import build_tokenizer
 
     quiet_transformers()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(ADDED_TOKENS, {}, words=("<|", "|>"))
+    tok = build_sentencepiece_tokenizer(out, ADDED_TOKENS)
     config = OmniLMMConfig(**TEXT, vocab_size=len(tok), sliding_window=None, num_query=4, image_size=56,
                            mm_vision_tower_kwargs=OMNILMM_TOWER, bos_token_id=tok.bos_token_id,
                            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
@@ -391,7 +419,6 @@ def build_tiny_omnilmm(out_dir: str | Path, *, seed: int = 0, shards: int = 2) -
     model.generation_config.pad_token_id = tok.pad_token_id
     total = sum(p.numel() * p.element_size() for p in model.parameters())
     model.save_pretrained(out, max_shard_size=max(1, total // shards + 1))
-    tok.save_pretrained(out)
     assert tok.convert_tokens_to_ids(PATCH) != tok.unk_token_id
     (out / "dpo_engine_tiny.json").write_text(json.dumps({"seed": seed, "family": "omnilmm"}))
     return out

@@ -103,9 +103,10 @@ def test_replies_stop_at_the_templates_end_of_turn_and_scores_end_with_it(family
     end = model.tokenizer.convert_tokens_to_ids(END_OF_TURN[family])
     assert model.end_id == end and end in model.stop_ids
     assert model.answer_ids("a red circle")[-1] == end
-    # A word-level tiny vocabulary has "red" itself; the byte-level BPE (Llama 3's) has " yes".
-    said = "red" if family != "minicpmv" else "yes"
-    word = model.tokenizer.convert_tokens_to_ids(said if family != "minicpmv" else "\u0120yes")
+    # A word-level tiny vocabulary has "red" itself; SentencePiece (OmniLMM's) has "▁red", the
+    # byte-level BPE (Llama 3's, MiniCPM-V's) " yes" as "Ġyes".
+    piece, said = {"omnilmm": ("\u2581red", "red"), "minicpmv": ("\u0120yes", "yes")}.get(family, ("red", "red"))
+    word = model.tokenizer.convert_tokens_to_ids(piece)
     import torch
 
     (gens,) = model._decode(torch.tensor([[word, word, end, word, word]]), 1, 1)
@@ -178,6 +179,8 @@ def test_omnilmm_loads_in_its_published_layout_sees_the_image_and_refuses_pickle
     config = json.loads((folder / "config.json").read_text())
     assert config["model_type"] == "omnilmm" and "auto_map" not in config
     assert config["architectures"] == ["OmniLMMForCausalLM"] and "image_token_id" not in config
+    # Its tokenizer as Mistral's ships: a SentencePiece model and a config, no tokenizer.json.
+    assert (folder / "tokenizer.model").is_file() and not (folder / "tokenizer.json").exists()
     names = json.loads((folder / "model.safetensors.index.json").read_text())["weight_map"]
     assert len(set(names.values())) > 1  # shards + index
     for name in ("model.embed_tokens.weight", "model.layers.0.self_attn.q_proj.weight", "model.norm.weight",

@@ -440,7 +440,7 @@ def demo(
                                "(WORK_DIR/iterate.json, iterate.svg)."),
     max_steps: int = typer.Option(-1, "--max-steps", help="--iterate: training updates per round (default: 4 "
                                   "epochs)."),
-    held_out: int = typer.Option(96, "--held-out", min=1, help="--iterate: held-out images (10 answers each); "
+    held_out: int = typer.Option(192, "--held-out", min=1, help="--iterate: held-out images (10 answers each); "
                                  "as many validation images, seeded apart, pick each round's best epoch."),
     json_out: bool = typer.Option(False, "--json", help="End with a one-line JSON summary on stdout."),
     debug: Debug = False,

@@ -203,6 +203,9 @@ class MiniCPMVProcessor:
         from transformers import PreTrainedTokenizerFast
 
         config = json.loads((Path(path) / "config.json").read_text())
+        if not (Path(path) / "tokenizer.json").is_file():
+            raise ValueError(f"{path}: no tokenizer.json (MiniCPM-Llama3-V-2.5's folder ships one; copy it next to "
+                             "config.json)")
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
         missing = [t for t in (IMAGE_START, IMAGE_END, SLICE_START, SLICE_END, SLOT, END_OF_TURN)
                    if len(tokenizer.encode(t, add_special_tokens=False)) != 1]

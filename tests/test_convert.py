@@ -156,10 +156,10 @@ def test_convert_refuses_what_it_cannot_map(original, tmp_path):
 
 
 def test_a_remote_code_checkpoint_is_refused_in_one_line(tmp_path, demo_parquet):
-    model = tmp_path / "minicpm"
+    model = tmp_path / "custom"  # a family only its own code serves (MiniCPM-V 2.5 is ours now: tests/test_minicpmv.py)
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "minicpmv", "architectures": ["MiniCPMV"],
-                                                   "auto_map": {"AutoModel": "modeling_minicpmv.MiniCPMV"}}))
+    (model / "config.json").write_text(json.dumps({"model_type": "acme_vlm", "architectures": ["AcmeVLM"],
+                                                   "auto_map": {"AutoModel": "modeling_acme.AcmeVLM"}}))
     proc = cli("run", "--dataset", demo_parquet, "--work-dir", tmp_path / "w", "--instruct-model", model,
                "--reward-model", model, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -168,7 +168,7 @@ def test_a_remote_code_checkpoint_is_refused_in_one_line(tmp_path, demo_parquet)
     proc = cli("run", "--dataset", demo_parquet, "--work-dir", tmp_path / "w", "--instruct-model", model,
                "--reward-model", model, "--trust-remote-code", check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
-    assert "modeling_minicpmv.py" in proc.stderr + proc.stdout  # the code is not in the folder
+    assert "modeling_acme.py" in proc.stderr + proc.stdout  # the code is not in the folder
 
 
 def test_trust_remote_code_runs_a_checkpoints_own_code(tmp_path):

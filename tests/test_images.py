@@ -16,6 +16,7 @@ from conftest import cli, run_args, shapes_rows, write_parquet
 from dpo_engine.dataset import image_digest, iter_records, open_dataset
 from dpo_engine.errors import DatasetChanged
 from dpo_engine.images import ImageReader, ImageRef
+from dpo_engine.store import Store
 
 
 def _store_images(work) -> tuple[int, int]:
@@ -70,6 +71,17 @@ def test_an_image_changed_after_ingest_stops_the_export_naming_its_record(tiny_m
     proc = cli("export", work, "--out", tmp_path / "out.parquet", check=False)
     said = " ".join((proc.stdout + proc.stderr).split())
     assert proc.returncode == 2 and "is gone" in said and kept[0] in said, said
+    # What needs no image still reads: the dashboard's record view (without the picture) and the
+    # pairs' texts (the demo's quality report reads them so).
+    store = Store.in_work_dir(work, create=False, readonly=True)
+    try:
+        pairs = list(store.iter_kept_pairs(images=False))
+        assert pairs and all(row["image"] is None and row["chosen"] for row in pairs)
+        rid = next(row["rid"] for row in pairs if row["idx_value"] == json.dumps(kept[0]))
+        detail = store.record_detail(rid)
+        assert detail.image is None and detail.question and detail.answers
+    finally:
+        store.close()
 
 
 def test_a_dataset_moved_elsewhere_is_followed_by_the_next_run(tiny_models, tmp_path):

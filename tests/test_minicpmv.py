@@ -82,3 +82,7 @@ def test_other_minicpm_v_versions_are_not_served_natively(folder, tmp_path):
     with pytest.raises(ModelConfigError, match="code its config.json names is not in the folder"):
         detect_family(copy, trust_remote_code=True)
     assert detect_family(folder).model_type == "minicpmv"
+    bare = shutil.copytree(folder, tmp_path / "no-tokenizer")
+    (bare / "tokenizer.json").unlink()
+    with pytest.raises(ValueError, match="no tokenizer.json"):
+        ImageTextModel(bare, device="cpu", dtype="float32")

@@ -2,8 +2,9 @@
 
 SQLite in WAL mode, through the standard library's ``sqlite3``. Every input record is a row
 of ``record`` (with where its image lies in the dataset and the image's hash, not its bytes:
-``dpo_engine.images`` reads it back); each record's progress through each stage is a row of ``stage_state`` (status,
-the settings hash it was computed under, attempts, error, timings); each kind of result has
+``dpo_engine.images`` reads it back); each record's progress through each stage is a row of
+``stage_state`` (status, the settings hash it was computed under, attempts, error, timings);
+each kind of result has
 its own table. A batch's outputs and its records' new state commit in one transaction, so a
 crash loses at most the batch in flight. Readers (``status``, the dashboard) use their own
 connections and never block the writer.
